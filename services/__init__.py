@@ -1,0 +1,1 @@
+"""tuneforge's gRPC services: datasets, training (with the model catalog), conversion, inference."""

@@ -1,0 +1,84 @@
+"""Configuration of the services, read once in each `main()` from `TUNEFORGE_*` variables.
+
+Core code receives these objects; it never reads `os.environ` itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORTS = {"datasets": 50051, "training": 50052, "conversion": 50053, "inference": 50054}
+SERVICE_NAMES = tuple(DEFAULT_PORTS)
+
+
+def default_home() -> Path:
+    return Path.home() / ".tuneforge"
+
+
+class StoreSettings(BaseSettings):
+    """The S3-compatible object store (MinIO in production, SeaweedFS on dev machines and CI)."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_S3_", extra="ignore")
+
+    # host:port, or an http(s):// URL.
+    endpoint: str = "127.0.0.1:8333"
+    access_key: str = ""
+    secret_key: SecretStr = SecretStr("")
+    bucket: str = "tuneforge"
+    region: str = "us-east-1"
+    secure: bool = False
+    # How long one store operation keeps retrying connection errors before UNAVAILABLE.
+    deadline_s: float = 15.0
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 60.0
+    # Multipart part size for uploads; memory per transfer stays near this size.
+    part_size_mb: int = 16
+
+    @property
+    def host_port(self) -> str:
+        return self.endpoint.split("://", 1)[-1].rstrip("/")
+
+    @property
+    def use_tls(self) -> bool:
+        return self.secure or self.endpoint.startswith("https://")
+
+
+class ServiceSettings(BaseSettings):
+    """Settings common to every service process."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    project: str = "default"
+    host: str = "127.0.0.1"
+    # 0 picks a free port (tests); each service's main() sets its own default.
+    port: int = 0
+    log_level: str = "info"
+    # "json" in services, "console" for people.
+    log_format: str = "json"
+    # Largest gRPC message accepted or sent (uploads stream in chunks far below this).
+    max_message_mb: int = 64
+    # On SIGTERM: seconds in-flight calls get to finish before they are cancelled.
+    grace_s: float = 20.0
+    # Addresses of the other services, for service-to-service calls.
+    datasets_target: str = f"127.0.0.1:{DEFAULT_PORTS['datasets']}"
+    training_target: str = f"127.0.0.1:{DEFAULT_PORTS['training']}"
+    conversion_target: str = f"127.0.0.1:{DEFAULT_PORTS['conversion']}"
+    inference_target: str = f"127.0.0.1:{DEFAULT_PORTS['inference']}"
+    # SQLAlchemy URL of the service's job database; default: SQLite under data_dir.
+    database_url: str = ""
+
+    def data_dir(self, service: str) -> Path:
+        return self.home / "services" / service
+
+    def database_url_for(self, service: str) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir(service) / 'state.db'}"
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
