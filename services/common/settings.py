@@ -53,9 +53,12 @@ class ServiceSettings(BaseSettings):
 
     home: Path = Field(default_factory=default_home)
     project: str = "default"
+    # Address the services listen on; each service has its own port (0 picks a free one).
     host: str = "127.0.0.1"
-    # 0 picks a free port (tests); each service's main() sets its own default.
-    port: int = 0
+    datasets_port: int = DEFAULT_PORTS["datasets"]
+    training_port: int = DEFAULT_PORTS["training"]
+    conversion_port: int = DEFAULT_PORTS["conversion"]
+    inference_port: int = DEFAULT_PORTS["inference"]
     log_level: str = "info"
     # "json" in services, "console" for people.
     log_format: str = "json"
@@ -71,8 +74,11 @@ class ServiceSettings(BaseSettings):
     # SQLAlchemy URL of the service's job database; default: SQLite under data_dir.
     database_url: str = ""
 
+    def port_for(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
     def data_dir(self, service: str) -> Path:
-        return self.home / "services" / service
+        return self.home / "state" / service
 
     def database_url_for(self, service: str) -> str:
         if self.database_url:
@@ -82,3 +88,11 @@ class ServiceSettings(BaseSettings):
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 1024 * 1024
+
+
+class StackSettings(ServiceSettings):
+    """Settings of `tuneforge up`: the services' settings plus the embedded object store's."""
+
+    # Ports of the embedded SeaweedFS servers as a JSON object (keys as in
+    # object_store_server.DEFAULT_PORTS); empty: SeaweedFS's defaults, S3 on 8333.
+    store_ports: dict[str, int] = Field(default_factory=dict)
