@@ -1,0 +1,1 @@
+"""The conversion service: merge adapters, export ONNX, quantize, check parity."""

@@ -1,0 +1,1 @@
+"""The datasets service: streamed ingestion, validation, tokenizer statistics, splits."""

@@ -1,0 +1,1 @@
+"""The inference service: PyTorch + PEFT and ONNX Runtime backends, streaming, evaluation."""

@@ -1,0 +1,1 @@
+"""The training service: fine-tuning jobs and the model catalog."""
