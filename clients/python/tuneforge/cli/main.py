@@ -1,0 +1,22 @@
+"""Entry point of the `tuneforge` command."""
+
+from __future__ import annotations
+
+import typer
+
+from tuneforge.cli import models, stack
+
+app = typer.Typer(
+    name="tuneforge",
+    help="Self-hosted LLM fine-tuning: datasets, training, conversion and serving.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("up")(stack.up)
+app.command("down")(stack.down)
+app.command("status")(stack.status)
+app.add_typer(models.app, name="models")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,228 @@
+"""`tuneforge.Client`: a typed client over the services' gRPC stubs.
+
+Each service has its own address. By default they come from the local stack's state file
+(`$TUNEFORGE_HOME/stack.json`, written by `tuneforge up`), then from `TUNEFORGE_<SERVICE>_TARGET`,
+then the default ports on 127.0.0.1. `Client("gpu-box")` uses the default ports on that host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.training.v1 import model_service_pb2 as models_pb
+from tuneforge.training.v1 import model_service_pb2_grpc as models_grpc
+
+SERVICES = ("datasets", "training", "conversion", "inference")
+DEFAULT_PORTS = {"datasets": 50051, "training": 50052, "conversion": 50053, "inference": 50054}
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of calls that failed with a transient code, done by gRPC itself."""
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    backoff_multiplier: float = 2.0
+    retryable_codes: tuple[str, ...] = ("UNAVAILABLE",)
+
+    def service_config(self) -> str:
+        return json.dumps(
+            {
+                "methodConfig": [
+                    {
+                        "name": [{}],
+                        "retryPolicy": {
+                            "maxAttempts": self.max_attempts,
+                            "initialBackoff": f"{self.initial_backoff_s}s",
+                            "maxBackoff": f"{self.max_backoff_s}s",
+                            "backoffMultiplier": self.backoff_multiplier,
+                            "retryableStatusCodes": list(self.retryable_codes),
+                        },
+                    }
+                ]
+            }
+        )
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Deadlines (seconds) per kind of call, and the retry policy."""
+
+    timeout_s: float = 30.0
+    long_timeout_s: float = 1800.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_message_mb: int = 64
+
+
+def tuneforge_home() -> Path:
+    return Path(os.environ.get("TUNEFORGE_HOME") or Path.home() / ".tuneforge")
+
+
+def resolve_targets(
+    target: str | None = None, targets: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    resolved: dict[str, str] = {}
+    if target:
+        host = target.split("://", 1)[-1]
+        resolved = {s: f"{host}:{DEFAULT_PORTS[s]}" for s in SERVICES}
+    else:
+        state_file = tuneforge_home() / "stack.json"
+        stack: dict[str, Any] = {}
+        if state_file.exists():
+            try:
+                stack = json.loads(state_file.read_text()).get("components", {})
+            except (OSError, ValueError):
+                stack = {}
+        for s in SERVICES:
+            env = os.environ.get(f"TUNEFORGE_{s.upper()}_TARGET")
+            from_stack = stack.get(s, {}).get("address")
+            resolved[s] = env or from_stack or f"127.0.0.1:{DEFAULT_PORTS[s]}"
+    resolved.update(targets or {})
+    return resolved
+
+
+def call(fn: Callable[..., T], request: Any, timeout: float, **kwargs: Any) -> T:
+    """Calls a stub method, turning grpc.RpcError into TuneforgeError."""
+    try:
+        return fn(request, timeout=timeout, **kwargs)
+    except grpc.RpcError as exc:
+        raise TuneforgeError.from_rpc_error(exc) from None
+
+
+class Models:
+    """`client.models`: the model catalog (hosted by the training service)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._stub = models_grpc.ModelServiceStub(client.channel("training"))
+
+    def import_model(
+        self,
+        model_id: str,
+        *,
+        hf_dir: str | None = None,
+        gguf_file: str | None = None,
+        preset: str | None = None,
+        uri: str | None = None,
+        display_name: str = "",
+        labels: Mapping[str, str] | None = None,
+        request_id: str = "",
+        seed: int = 0,
+    ) -> models_pb.Model:
+        """Imports a base model; exactly one source. Local paths must be readable by the server."""
+        sources = {"hf_dir": hf_dir, "gguf_file": gguf_file, "preset": preset, "uri": uri}
+        given = {k: v for k, v in sources.items() if v}
+        if len(given) != 1:
+            raise ValueError("give exactly one of hf_dir, gguf_file, preset, uri")
+        ((kind, value),) = given.items()
+        if kind in ("hf_dir", "gguf_file"):
+            value = str(Path(value).expanduser().resolve())
+        request = models_pb.ImportModelRequest(
+            parent=self._client.parent,
+            model_id=model_id,
+            display_name=display_name,
+            labels=dict(labels or {}),
+            request_id=request_id,
+            seed=seed,
+            **{kind: value},
+        )
+        return call(self._stub.ImportModel, request, self._client.config.long_timeout_s)
+
+    def get(self, model: str) -> models_pb.Model:
+        request = models_pb.GetModelRequest(name=self._client.model_name(model))
+        return call(self._stub.GetModel, request, self._client.config.timeout_s)
+
+    def list(self, filter: str = "", page_size: int = 0) -> Iterator[models_pb.Model]:
+        """Every model of the project, fetched page by page."""
+        token = ""
+        while True:
+            request = models_pb.ListModelsRequest(
+                parent=self._client.parent, page_size=page_size, page_token=token, filter=filter
+            )
+            page = call(self._stub.ListModels, request, self._client.config.timeout_s)
+            yield from page.models
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete(self, model: str) -> None:
+        request = models_pb.DeleteModelRequest(name=self._client.model_name(model))
+        call(self._stub.DeleteModel, request, self._client.config.timeout_s)
+
+
+class Client:
+    """A connection to the tuneforge services.
+
+    >>> client = tuneforge.Client()
+    >>> client.models.import_model("smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        targets: Mapping[str, str] | None = None,
+        project: str = "default",
+        config: ClientConfig | None = None,
+    ) -> None:
+        self.targets = resolve_targets(target, targets)
+        self.project = project
+        self.config = config or ClientConfig()
+        self._channels: dict[str, grpc.Channel] = {}
+        self.models = Models(self)
+
+    @property
+    def parent(self) -> str:
+        return f"projects/{self.project}"
+
+    def model_name(self, model: str) -> str:
+        """Accepts a full resource name or a short id in the client's project."""
+        return model if model.startswith("projects/") else f"{self.parent}/models/{model}"
+
+    def channel(self, service: str) -> grpc.Channel:
+        if service not in self._channels:
+            size = self.config.max_message_mb * 1024 * 1024
+            self._channels[service] = grpc.insecure_channel(
+                self.targets[service],
+                options=[
+                    ("grpc.service_config", self.config.retry.service_config()),
+                    ("grpc.enable_retries", 1),
+                    ("grpc.max_receive_message_length", size),
+                    ("grpc.max_send_message_length", size),
+                ],
+            )
+        return self._channels[service]
+
+    def health(self, timeout_s: float = 3.0) -> dict[str, str]:
+        """Each service's gRPC health status name (SERVING, NOT_SERVING, UNREACHABLE)."""
+        result = {}
+        for service in SERVICES:
+            stub = health_pb2_grpc.HealthStub(self.channel(service))
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+                result[service] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError:
+                result[service] = "UNREACHABLE"
+        return result
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

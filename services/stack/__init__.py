@@ -1,0 +1,1 @@
+"""The local stack behind `tuneforge up|down|status`: the object store and the four services."""
