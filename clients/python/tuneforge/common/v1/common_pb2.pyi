@@ -29,6 +29,11 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REQUEST_ID_CONFLICT: _ClassVar[ErrorReason]
     INVALID_CONFIGURATION: _ClassVar[ErrorReason]
     INTERNAL_ERROR: _ClassVar[ErrorReason]
+    UPLOAD_INTERRUPTED: _ClassVar[ErrorReason]
+    UNIMPLEMENTED: _ClassVar[ErrorReason]
+    FAILED_PRECONDITION: _ClassVar[ErrorReason]
+    UNAVAILABLE: _ClassVar[ErrorReason]
+    ABORTED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 INVALID_ARGUMENT: ErrorReason
 RESOURCE_NOT_FOUND: ErrorReason
@@ -46,6 +51,11 @@ MODEL_NOT_READY: ErrorReason
 REQUEST_ID_CONFLICT: ErrorReason
 INVALID_CONFIGURATION: ErrorReason
 INTERNAL_ERROR: ErrorReason
+UPLOAD_INTERRUPTED: ErrorReason
+UNIMPLEMENTED: ErrorReason
+FAILED_PRECONDITION: ErrorReason
+UNAVAILABLE: ErrorReason
+ABORTED: ErrorReason
 
 class ArtifactFile(_message.Message):
     __slots__ = ("path", "sha256", "size_bytes")
