@@ -92,3 +92,68 @@ def test_import_smollm2_gguf(cli) -> None:  # type: ignore[no-untyped-def]
         for chunk in store.iter_chunks(f"models/default/smollm2/{f['path']}"):
             digest.update(chunk)
         assert digest.hexdigest() == f["sha256"], f["path"]
+
+
+@pytest.fixture
+def cli_with_datasets(store_settings: StoreSettings, tmp_path: Path) -> Iterator[dict[str, str]]:
+    settings = store_settings.model_copy(update={"bucket": f"c-{uuid.uuid4().hex[:12]}"})
+    with local_services(settings, tmp_path / "server", services=["training", "datasets"]) as c:
+        c.models.import_model("tiny", preset="tiny-llama")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
+        env["TUNEFORGE_HOME"] = str(tmp_path / "user-home")
+        env["TUNEFORGE_TRAINING_TARGET"] = c.targets["training"]
+        env["TUNEFORGE_DATASETS_TARGET"] = c.targets["datasets"]
+        yield env
+
+
+def test_datasets_commands(cli_with_datasets: dict[str, str], tmp_path: Path) -> None:
+    env = cli_with_datasets
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(10)
+    ]
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    up = tf(
+        env,
+        "datasets",
+        "upload",
+        str(good),
+        "--name",
+        "qa",
+        "--model",
+        "tiny",
+        "--validation-split",
+        "0.2",
+        "--json",
+    )
+    assert up.returncode == 0, up.stderr
+    ds = json.loads(up.stdout)
+    assert ds["state"] == "READY" and ds["row_count"] == "10"
+    assert int(ds["statistics"]["total_tokens"]) > 0
+
+    human = tf(env, "datasets", "get", "qa")
+    assert "READY" in human.stdout and "train" in human.stdout
+
+    preview = json.loads(tf(env, "datasets", "preview", "qa", "-n", "2", "--json").stdout)
+    assert len(preview["rows"]) == 2 and preview["rows"][0]["trained_spans"]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n{broken\n" + '{"messages": []}\n')
+    failed = tf(env, "datasets", "upload", str(bad), "--json")
+    assert failed.returncode == 1
+    report = json.loads(failed.stdout)
+    assert report["error"]["reason"] == "DATASET_INVALID"
+    assert [(d["line"], d["code"]) for d in report["dataset"]["diagnostics"]] == [
+        ("2", "INVALID_JSON"),
+        ("3", "EMPTY_FIELD"),
+    ]
+    human_failed = tf(env, "datasets", "upload", str(bad))
+    assert human_failed.returncode == 1
+    assert "INVALID_JSON" in human_failed.stdout and "EMPTY_FIELD" in human_failed.stdout
+
+    listed = json.loads(tf(env, "datasets", "list", "--filter", "state=READY", "--json").stdout)
+    assert [d["name"] for d in listed["datasets"]] == ["projects/default/datasets/qa"]
+    assert json.loads(tf(env, "datasets", "delete", "qa", "--json").stdout) == {
+        "deleted": "projects/default/datasets/qa"
+    }

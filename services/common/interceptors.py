@@ -138,7 +138,9 @@ def _status_for_exception(exc: Exception, method: str, request_id: str) -> grpc.
             {"method": method},
         )
     if isinstance(exc, TuneforgeError):
-        log.info("rpc_error", code=exc.code, reason=exc.reason, error=exc.message, **exc.metadata)
+        log.info(
+            "rpc_error", code=exc.code, reason=exc.reason, error=exc.message, metadata=exc.metadata
+        )
         return status_for_error(exc)
     log.error("rpc_internal_error", exc_info=exc)
     return status_for(

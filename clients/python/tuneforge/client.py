@@ -7,6 +7,7 @@ then the default ports on 127.0.0.1. `Client("gpu-box")` uses the default ports 
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tuneforge.datasets.v1 import dataset_service_pb2 as datasets_pb
+from tuneforge.datasets.v1 import dataset_service_pb2_grpc as datasets_grpc
 from tuneforge.errors import TuneforgeError
 from tuneforge.training.v1 import model_service_pb2 as models_pb
 from tuneforge.training.v1 import model_service_pb2_grpc as models_grpc
@@ -161,6 +164,176 @@ class Models:
         call(self._stub.DeleteModel, request, self._client.config.timeout_s)
 
 
+FORMATS = {
+    "chat": "CHAT_JSONL",
+    "prompt-completion": "PROMPT_COMPLETION_JSONL",
+    "alpaca": "ALPACA_JSONL",
+    "preference": "PREFERENCE_JSONL",
+    "csv": "CSV",
+    "parquet": "PARQUET",
+}
+UploadProgress = Callable[[int, int], None]  # (bytes sent, bytes in all)
+
+
+class Datasets:
+    """`client.datasets`: upload, inspect, preview and delete datasets."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._stub = datasets_grpc.DatasetServiceStub(client.channel("datasets"))
+
+    def _spec(
+        self,
+        *,
+        format: str | None,
+        model: str | None,
+        max_seq_len: int,
+        validation_split: float,
+        seed: int,
+        validation_dataset: str | None,
+        skip_invalid: bool,
+        column_mapping: Mapping[str, str] | None,
+        display_name: str,
+        labels: Mapping[str, str] | None,
+    ) -> datasets_pb.Dataset:
+        fmt = 0
+        if format:
+            name = FORMATS.get(format, format.upper())
+            if name not in datasets_pb.Dataset.Format.keys():  # noqa: SIM118 (enum wrapper)
+                raise ValueError(f"unknown format {format!r}; use one of {sorted(FORMATS)}")
+            fmt = datasets_pb.Dataset.Format.Value(name)
+        return datasets_pb.Dataset(
+            display_name=display_name,
+            format=fmt,  # type: ignore[arg-type]
+            validation_policy=datasets_pb.Dataset.SKIP_INVALID
+            if skip_invalid
+            else datasets_pb.Dataset.STRICT,
+            column_mapping=dict(column_mapping or {}),
+            model=self._client.model_name(model) if model else "",
+            max_seq_len=max_seq_len,
+            split=datasets_pb.SplitConfig(
+                validation_fraction=validation_split,
+                seed=seed,
+                validation_dataset=self._client.dataset_name(validation_dataset)
+                if validation_dataset
+                else "",
+            ),
+            labels=dict(labels or {}),
+        )
+
+    def upload(
+        self,
+        path: str | Path,
+        *,
+        dataset_id: str = "",
+        format: str | None = None,
+        model: str | None = None,
+        max_seq_len: int = 0,
+        validation_split: float = 0.0,
+        seed: int = 0,
+        validation_dataset: str | None = None,
+        skip_invalid: bool = False,
+        column_mapping: Mapping[str, str] | None = None,
+        display_name: str = "",
+        labels: Mapping[str, str] | None = None,
+        request_id: str = "",
+        progress: UploadProgress | None = None,
+        chunk_size: int = 1 << 20,
+    ) -> datasets_pb.Dataset:
+        """Streams a local file to the datasets service; returns the READY dataset, or raises
+        TuneforgeError (reason DATASET_INVALID, metadata naming the first bad line)."""
+        file = Path(path).expanduser()
+        size = file.stat().st_size
+        header = datasets_pb.UploadDatasetHeader(
+            parent=self._client.parent,
+            dataset_id=dataset_id,
+            dataset=self._spec(
+                format=format,
+                model=model,
+                max_seq_len=max_seq_len,
+                validation_split=validation_split,
+                seed=seed,
+                validation_dataset=validation_dataset,
+                skip_invalid=skip_invalid,
+                column_mapping=column_mapping,
+                display_name=display_name,
+                labels=labels,
+            ),
+            file_name=file.name,
+            size_bytes=size,
+            request_id=request_id,
+        )
+
+        def messages() -> Iterator[datasets_pb.UploadDatasetRequest]:
+            yield datasets_pb.UploadDatasetRequest(header=header)
+            sent = 0
+            with file.open("rb") as fh:
+                while chunk := fh.read(chunk_size):
+                    sent += len(chunk)
+                    yield datasets_pb.UploadDatasetRequest(chunk=chunk)
+                    if progress:
+                        progress(sent, size)
+
+        return call(self._stub.UploadDataset, messages(), self._client.config.long_timeout_s)
+
+    def create_from_uri(
+        self, source_uri: str, *, dataset_id: str = "", request_id: str = "", **spec: Any
+    ) -> datasets_pb.Dataset:
+        """Registers a file already in the object store (s3://bucket/key)."""
+        defaults: dict[str, Any] = dict(
+            format=None,
+            model=None,
+            max_seq_len=0,
+            validation_split=0.0,
+            seed=0,
+            validation_dataset=None,
+            skip_invalid=False,
+            column_mapping=None,
+            display_name="",
+            labels=None,
+        )
+        defaults.update(spec)
+        request = datasets_pb.CreateDatasetRequest(
+            parent=self._client.parent,
+            dataset_id=dataset_id,
+            dataset=self._spec(**defaults),
+            source_uri=source_uri,
+            request_id=request_id,
+        )
+        return call(self._stub.CreateDataset, request, self._client.config.long_timeout_s)
+
+    def get(self, dataset: str) -> datasets_pb.Dataset:
+        request = datasets_pb.GetDatasetRequest(name=self._client.dataset_name(dataset))
+        return call(self._stub.GetDataset, request, self._client.config.timeout_s)
+
+    def list(self, filter: str = "", page_size: int = 0) -> Iterator[datasets_pb.Dataset]:
+        token = ""
+        while True:
+            request = datasets_pb.ListDatasetsRequest(
+                parent=self._client.parent, page_size=page_size, page_token=token, filter=filter
+            )
+            page = call(self._stub.ListDatasets, request, self._client.config.timeout_s)
+            yield from page.datasets
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete(self, dataset: str) -> None:
+        request = datasets_pb.DeleteDatasetRequest(name=self._client.dataset_name(dataset))
+        call(self._stub.DeleteDataset, request, self._client.config.timeout_s)
+
+    def preview(
+        self, dataset: str, rows: int = 5, split: str = "train", model: str | None = None
+    ) -> builtins.list[datasets_pb.PreviewRow]:
+        request = datasets_pb.PreviewDatasetRequest(
+            name=self._client.dataset_name(dataset),
+            row_count=rows,
+            split=split,
+            model=self._client.model_name(model) if model else "",
+        )
+        return list(call(self._stub.PreviewDataset, request, self._client.config.timeout_s).rows)
+
+
 class Client:
     """A connection to the tuneforge services.
 
@@ -181,6 +354,7 @@ class Client:
         self.config = config or ClientConfig()
         self._channels: dict[str, grpc.Channel] = {}
         self.models = Models(self)
+        self.datasets = Datasets(self)
 
     @property
     def parent(self) -> str:
@@ -189,6 +363,9 @@ class Client:
     def model_name(self, model: str) -> str:
         """Accepts a full resource name or a short id in the client's project."""
         return model if model.startswith("projects/") else f"{self.parent}/models/{model}"
+
+    def dataset_name(self, dataset: str) -> str:
+        return dataset if dataset.startswith("projects/") else f"{self.parent}/datasets/{dataset}"
 
     def channel(self, service: str) -> grpc.Channel:
         if service not in self._channels:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tuneforge.cli import models, stack
+from tuneforge.cli import datasets, models, stack
 
 app = typer.Typer(
     name="tuneforge",
@@ -16,6 +16,7 @@ app.command("up")(stack.up)
 app.command("down")(stack.down)
 app.command("status")(stack.status)
 app.add_typer(models.app, name="models")
+app.add_typer(datasets.app, name="datasets")
 
 
 if __name__ == "__main__":
