@@ -73,6 +73,8 @@ class ServiceSettings(BaseSettings):
     inference_target: str = f"127.0.0.1:{DEFAULT_PORTS['inference']}"
     # SQLAlchemy URL of the service's job database; default: SQLite under data_dir.
     database_url: str = ""
+    # Training jobs that run at once (each a worker process group).
+    max_concurrent_jobs: int = 1
 
     def port_for(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

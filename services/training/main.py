@@ -1,35 +1,79 @@
-"""The training service process: the model catalog now, fine-tuning jobs on top of it."""
+"""The training service process: the model catalog and fine-tuning jobs."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 
 from services.common.artifact_store import ArtifactStore
+from services.common.database import Database
 from services.common.errors import StoreUnavailable
 from services.common.server import Service, Servicer, run_service
 from services.common.settings import ServiceSettings, StoreSettings
+from services.training.datasets_client import GrpcDatasetLookup
+from services.training.job_records import JobRecords
+from services.training.jobs import TrainingJobs
 from services.training.model_catalog import ModelCatalog
 from services.training.model_servicer import ModelServicer
+from services.training.training_servicer import JobNotifier, TrainingServicer
 from tuneforge.training.v1 import model_service_pb2, training_service_pb2
 from tuneforge.training.v1 import model_service_pb2_grpc as model_grpc
 from tuneforge.training.v1 import training_service_pb2_grpc as training_grpc
 
 NAME = "training"
+SCHEDULE_EVERY_S = 1.0
 log = structlog.get_logger(NAME)
 
 
 def build_service(settings: ServiceSettings, store: StoreSettings | None = None) -> Service:
-    artifacts = ArtifactStore(store or StoreSettings())
-    catalog = ModelCatalog(artifacts, settings.data_dir(NAME) / "work")
+    store_settings = store or StoreSettings()
+    artifacts = ArtifactStore(store_settings)
+    data_dir = settings.data_dir(NAME)
+    catalog = ModelCatalog(artifacts, data_dir / "work")
+    db = Database(settings.database_url_for(NAME))
+    datasets = GrpcDatasetLookup(settings.datasets_target)
+    jobs = TrainingJobs(
+        JobRecords(db),
+        artifacts,
+        store_settings,
+        datasets,
+        work_root=data_dir / "jobs",
+        extensions_dir=settings.home / "cache" / "torch_extensions",
+        max_concurrent=settings.max_concurrent_jobs,
+    )
+    notifier = JobNotifier()
+    jobs.notify = notifier.notify
+    tasks: list[asyncio.Task[None]] = []
 
-    async def ensure_bucket() -> None:
+    async def scheduler() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(jobs.schedule)
+            except Exception:
+                log.exception("schedule_failed")
+            await notifier.wait(SCHEDULE_EVERY_S)
+
+    async def start() -> None:
+        notifier.bind()
         # The service starts even when the store is down; calls that need it answer UNAVAILABLE.
         try:
             await asyncio.to_thread(artifacts.ensure_bucket)
         except StoreUnavailable as exc:
             log.warning("store_unavailable_at_start", error=exc.message)
+        for name in await asyncio.to_thread(jobs.recover):
+            log.info("job_requeued_after_restart", job=name)
+        tasks.append(asyncio.create_task(scheduler()))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(jobs.shutdown)
+        datasets.close()
+        db.close()
 
     return Service(
         name=NAME,
@@ -39,14 +83,14 @@ def build_service(settings: ServiceSettings, store: StoreSettings | None = None)
                 ModelServicer(catalog),
                 model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
             ),
-            # Fine-tuning jobs (issue: training service) answer UNIMPLEMENTED until they land.
             Servicer(
                 training_grpc.add_TrainingServiceServicer_to_server,
-                training_grpc.TrainingServiceServicer(),  # type: ignore[abstract]
+                TrainingServicer(jobs, notifier),
                 training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
             ),
         ],
-        on_start=[ensure_bucket],
+        on_start=[start],
+        on_stop=[stop],
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from tuneforge.datasets.v1 import dataset_service_pb2_grpc as datasets_grpc
 from tuneforge.errors import TuneforgeError
 from tuneforge.training.v1 import model_service_pb2 as models_pb
 from tuneforge.training.v1 import model_service_pb2_grpc as models_grpc
+from tuneforge.training.v1 import training_service_pb2 as training_pb
+from tuneforge.training.v1 import training_service_pb2_grpc as training_grpc
 
 SERVICES = ("datasets", "training", "conversion", "inference")
 DEFAULT_PORTS = {"datasets": 50051, "training": 50052, "conversion": 50053, "inference": 50054}
@@ -334,6 +337,188 @@ class Datasets:
         return list(call(self._stub.PreviewDataset, request, self._client.config.timeout_s).rows)
 
 
+ENDED_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+class TrainingJobHandle:
+    """A training job: its latest state, its events, waiting for the end."""
+
+    def __init__(self, jobs: Jobs, job: training_pb.TrainingJob) -> None:
+        self._jobs = jobs
+        self.job = job
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+    @property
+    def state(self) -> str:
+        return training_pb.TrainingJob.State.Name(self.job.state)
+
+    def refresh(self) -> training_pb.TrainingJob:
+        self.job = self._jobs.get(self.name).job
+        return self.job
+
+    def events(self, after_sequence: int = 0) -> Iterator[training_pb.TrainingJobEvent]:
+        """Streams the job's events (history, then live) until it ends."""
+        return self._jobs.watch(self.name, after_sequence)
+
+    def wait(
+        self,
+        on_event: Callable[[training_pb.TrainingJobEvent], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> training_pb.TrainingJob:
+        """Follows the job to its end (reconnecting if the stream breaks) and returns it."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        after = 0
+        while True:
+            try:
+                for event in self._jobs.watch(self.name, after, timeout_s=timeout_s):
+                    after = event.sequence
+                    if on_event:
+                        on_event(event)
+            except TuneforgeError as exc:
+                if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+            job = self.refresh()
+            if self.state in ENDED_STATES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TuneforgeError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.name} is still {self.state}"
+                )
+            time.sleep(1.0)
+
+    def cancel(self) -> training_pb.TrainingJob:
+        self.job = self._jobs.cancel(self.name).job
+        return self.job
+
+
+class Jobs:
+    """`client.jobs`: fine-tuning jobs."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._stub = training_grpc.TrainingServiceStub(client.channel("training"))
+
+    def job_name(self, job: str) -> str:
+        return job if job.startswith("projects/") else f"{self._client.parent}/trainingJobs/{job}"
+
+    def create(
+        self,
+        model: str,
+        dataset: str,
+        *,
+        validation_dataset: str | None = None,
+        method: str = "lora",
+        hyperparameters: Mapping[str, Any] | None = None,
+        lora: Mapping[str, Any] | None = None,
+        processes_per_node: int = 0,
+        zero_stage: int = 0,
+        offload_optimizer: bool = False,
+        offload_parameters: bool = False,
+        seed: int = 0,
+        suffix: str = "",
+        priority: int = 0,
+        job_id: str = "",
+        display_name: str = "",
+        labels: Mapping[str, str] | None = None,
+        request_id: str = "",
+    ) -> TrainingJobHandle:
+        """Queues a fine-tuning job. Unset hyperparameters are chosen from the model and data;
+        `hyperparameters` takes the fields of tuneforge.training.v1.Hyperparameters."""
+        job = training_pb.TrainingJob(
+            display_name=display_name,
+            base_model=self._client.model_name(model),
+            training_dataset=self._client.dataset_name(dataset),
+            validation_dataset=self._client.dataset_name(validation_dataset)
+            if validation_dataset
+            else "",
+            method=method.upper(),
+            hyperparameters=training_pb.Hyperparameters(**dict(hyperparameters or {})),
+            lora=training_pb.LoraConfig(**dict(lora or {})),
+            distribution=training_pb.DistributionConfig(
+                processes_per_node=processes_per_node,
+                zero_stage=zero_stage,
+                offload_optimizer=offload_optimizer,
+                offload_parameters=offload_parameters,
+            ),
+            suffix=suffix,
+            seed=seed,
+            priority=priority,
+            labels=dict(labels or {}),
+        )
+        request = training_pb.CreateTrainingJobRequest(
+            parent=self._client.parent,
+            training_job_id=job_id,
+            training_job=job,
+            request_id=request_id,
+        )
+        created = call(self._stub.CreateTrainingJob, request, self._client.config.timeout_s)
+        return TrainingJobHandle(self, created)
+
+    def get(self, job: str) -> TrainingJobHandle:
+        request = training_pb.GetTrainingJobRequest(name=self.job_name(job))
+        return TrainingJobHandle(
+            self, call(self._stub.GetTrainingJob, request, self._client.config.timeout_s)
+        )
+
+    def list(self, filter: str = "", page_size: int = 0) -> Iterator[training_pb.TrainingJob]:
+        token = ""
+        while True:
+            request = training_pb.ListTrainingJobsRequest(
+                parent=self._client.parent, page_size=page_size, page_token=token, filter=filter
+            )
+            page = call(self._stub.ListTrainingJobs, request, self._client.config.timeout_s)
+            yield from page.training_jobs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def cancel(self, job: str) -> TrainingJobHandle:
+        request = training_pb.CancelTrainingJobRequest(name=self.job_name(job))
+        return TrainingJobHandle(
+            self, call(self._stub.CancelTrainingJob, request, self._client.config.timeout_s)
+        )
+
+    def delete(self, job: str) -> None:
+        request = training_pb.DeleteTrainingJobRequest(name=self.job_name(job))
+        call(self._stub.DeleteTrainingJob, request, self._client.config.timeout_s)
+
+    def watch(
+        self, job: str, after_sequence: int = 0, timeout_s: float | None = None
+    ) -> Iterator[training_pb.TrainingJobEvent]:
+        request = training_pb.WatchTrainingJobRequest(
+            name=self.job_name(job), after_sequence=after_sequence
+        )
+        stream = self._stub.WatchTrainingJob(
+            request, timeout=timeout_s or self._client.config.long_timeout_s
+        )
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise TuneforgeError.from_rpc_error(exc) from None
+        finally:
+            stream.cancel()
+
+    def events(self, job: str, filter: str = "") -> Iterator[training_pb.TrainingJobEvent]:
+        token = ""
+        while True:
+            request = training_pb.ListTrainingJobEventsRequest(
+                parent=self.job_name(job), page_token=token, filter=filter, page_size=500
+            )
+            page = call(self._stub.ListTrainingJobEvents, request, self._client.config.timeout_s)
+            yield from page.events
+            token = page.next_page_token
+            if not token:
+                return
+
+    def checkpoints(self, job: str) -> builtins.list[training_pb.Checkpoint]:
+        request = training_pb.ListTrainingJobCheckpointsRequest(parent=self.job_name(job))
+        reply = call(self._stub.ListTrainingJobCheckpoints, request, self._client.config.timeout_s)
+        return builtins.list(reply.checkpoints)
+
+
 class Client:
     """A connection to the tuneforge services.
 
@@ -355,6 +540,7 @@ class Client:
         self._channels: dict[str, grpc.Channel] = {}
         self.models = Models(self)
         self.datasets = Datasets(self)
+        self.jobs = Jobs(self)
 
     @property
     def parent(self) -> str:

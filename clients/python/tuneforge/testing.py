@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from services.common.server import ServiceServer
 from services.common.settings import SERVICE_NAMES, ServiceSettings, StoreSettings
@@ -58,9 +59,11 @@ def local_services(
     home: Path,
     services: Sequence[str] = SERVICE_NAMES,
     project: str = "default",
+    **overrides: Any,
 ) -> Iterator[Client]:
-    """Starts `services` in-process and yields a Client connected to them."""
-    settings = ServiceSettings(home=home, project=project)
+    """Starts `services` in-process and yields a Client connected to them. `overrides` set
+    ServiceSettings fields (e.g. max_concurrent_jobs=0 keeps jobs queued)."""
+    settings = ServiceSettings(home=home, project=project, **overrides)
     running: list[ServiceThread] = []
     targets: dict[str, str] = {}
     try:
@@ -68,6 +71,8 @@ def local_services(
             thread = ServiceThread(name, settings, store)
             targets[name] = thread.start()
             running.append(thread)
+            # Services that call each other find the ones started before them.
+            settings = settings.model_copy(update={f"{name}_target": targets[name]})
         with Client(targets=targets, project=project) as client:
             yield client
     finally:

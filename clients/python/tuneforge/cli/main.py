@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tuneforge.cli import datasets, models, stack
+from tuneforge.cli import datasets, jobs, models, stack
 
 app = typer.Typer(
     name="tuneforge",
@@ -17,6 +17,7 @@ app.command("down")(stack.down)
 app.command("status")(stack.status)
 app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(jobs.app, name="jobs")
 
 
 if __name__ == "__main__":

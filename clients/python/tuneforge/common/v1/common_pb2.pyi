@@ -34,6 +34,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILED_PRECONDITION: _ClassVar[ErrorReason]
     UNAVAILABLE: _ClassVar[ErrorReason]
     ABORTED: _ClassVar[ErrorReason]
+    WORKER_FAILED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 INVALID_ARGUMENT: ErrorReason
 RESOURCE_NOT_FOUND: ErrorReason
@@ -56,6 +57,7 @@ UNIMPLEMENTED: ErrorReason
 FAILED_PRECONDITION: ErrorReason
 UNAVAILABLE: ErrorReason
 ABORTED: ErrorReason
+WORKER_FAILED: ErrorReason
 
 class ArtifactFile(_message.Message):
     __slots__ = ("path", "sha256", "size_bytes")
