@@ -345,3 +345,47 @@ def test_progress_is_visible_and_a_cancelled_upload_leaves_nothing(
         time.sleep(0.1)
     assert list(client.datasets.list()) == []
     assert store.list_keys("datasets/") == []
+
+
+def test_restart_fails_interrupted_uploads_and_resumes_store_imports(
+    bucket_settings: StoreSettings, tmp_path: Path, store: ArtifactStore
+) -> None:
+    from services.common.database import Database
+    from services.common.settings import ServiceSettings
+    from services.datasets.records import (
+        PROCESSING,
+        DatasetRecord,
+        DatasetRecords,
+        DatasetResult,
+        DatasetSpec,
+    )
+
+    home = tmp_path / "home"
+    store.ensure_bucket()
+    store.put_file("incoming/rows.jsonl", write_jsonl(tmp_path / "rows.jsonl", clean_rows(6)))
+    # The state a service killed mid-work leaves behind: two datasets still PROCESSING.
+    records = DatasetRecords(Database(ServiceSettings(home=home).database_url_for("datasets")))
+    for dataset_id, source in [
+        ("cut", "upload:cut.jsonl"),
+        ("imported", store.uri("incoming/rows.jsonl")),
+    ]:
+        records.create(
+            DatasetRecord(
+                name=f"projects/default/datasets/{dataset_id}",
+                project="default",
+                dataset_id=dataset_id,
+                state=PROCESSING,
+                spec=DatasetSpec(source=source),
+                result=DatasetResult(),
+            )
+        )
+    with local_services(bucket_settings, home, services=["datasets"]) as client:
+        cut = client.datasets.get("cut")
+        assert cut.state == pb.Dataset.FAILED
+        assert "upload the file again" in cut.error.message
+        deadline = time.monotonic() + 30
+        while client.datasets.get("imported").state == pb.Dataset.PROCESSING:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        imported = client.datasets.get("imported")
+        assert imported.state == pb.Dataset.READY and imported.row_count == 6

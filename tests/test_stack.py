@@ -53,12 +53,18 @@ def _pids(status: dict) -> dict[str, int]:  # type: ignore[type-arg]
 
 def test_up_status_down_and_data_survives(stack_env: dict[str, str]) -> None:
     started = time.monotonic()
-    up = json.loads(tf(stack_env, "up", "--json").stdout)
-    assert time.monotonic() - started < 60
-    components = up["components"]
-    assert set(components) == {"object-store", "datasets", "training", "conversion", "inference"}
-    assert all(c["health"] == "SERVING" for c in components.values()), components
     try:
+        up = json.loads(tf(stack_env, "up", "--json").stdout)
+        assert time.monotonic() - started < 60
+        components = up["components"]
+        assert set(components) == {
+            "object-store",
+            "datasets",
+            "training",
+            "conversion",
+            "inference",
+        }
+        assert all(c["health"] == "SERVING" for c in components.values()), components
         # `up` again is harmless: the same processes keep running.
         again = json.loads(tf(stack_env, "up", "--json").stdout)
         assert _pids(again) == _pids(up)
