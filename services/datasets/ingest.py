@@ -3,8 +3,9 @@ and content-addressed artifacts in the store. No grpc here; the servicer calls i
 
 Pass 1 streams the input once: parse, validate, measure tokens in batches, and write valid rows
 to a local canonical file while keeping 8-byte row hashes and token counts in arrays (about
-16 bytes a row). Duplicates are found by sorting the hashes. Pass 2 reads the canonical file back
-and writes the train and validation files. Memory grows by those 16 bytes a row only.
+20 bytes a row: an 8-byte hash, 4-byte line and token counts). Duplicates are found by sorting
+the hashes. Pass 2 reads the canonical file back and writes the train and validation files.
+Memory grows by about 20 bytes a row (plus 8 while looking for duplicates).
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ class Processed:
 class _Pass1:
     rows_path: Path
     hashes: array = field(default_factory=lambda: array("Q"))
-    lines: array = field(default_factory=lambda: array("q"))
-    tokens: array = field(default_factory=lambda: array("q"))
-    trainable: array = field(default_factory=lambda: array("q"))
+    lines: array = field(default_factory=lambda: array("I"))
+    tokens: array = field(default_factory=lambda: array("I"))
+    trainable: array = field(default_factory=lambda: array("I"))
     diagnostics: list[Diagnostic] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
     invalid_lines: int = 0
@@ -298,6 +299,10 @@ def _find_duplicates(state: _Pass1) -> set[int]:
     if len(state.hashes) < 2:
         return set()
     hashes = np.frombuffer(state.hashes, dtype=np.uint64)
+    in_order = np.sort(hashes)
+    if not (in_order[1:] == in_order[:-1]).any():
+        return set()  # the common case: no row repeats, no index array needed
+    del in_order
     order = np.argsort(hashes, kind="stable")
     sorted_hashes = hashes[order]
     repeats = np.nonzero(sorted_hashes[1:] == sorted_hashes[:-1])[0] + 1
@@ -378,8 +383,8 @@ def _content_sha256(train_path: Path, val_path: Path) -> str:
 def _statistics(
     state: _Pass1, keep: np.ndarray, in_val: np.ndarray, tokenizer_sha256: str
 ) -> dict[str, Any]:
-    tokens = np.frombuffer(state.tokens, dtype=np.int64)[keep]
-    trainable = np.frombuffer(state.trainable, dtype=np.int64)[keep]
+    tokens = np.frombuffer(state.tokens, dtype=np.uint32)[keep].astype(np.int64)
+    trainable = np.frombuffer(state.trainable, dtype=np.uint32)[keep]
     if tokens.size == 0:
         return {}
     edges = [0, *[2**k for k in range(4, 17)]]
@@ -399,7 +404,7 @@ def _statistics(
         "p50_tokens": int(np.percentile(tokens, 50, method="nearest")),
         "p95_tokens": int(np.percentile(tokens, 95, method="nearest")),
         "max_tokens": top,
-        "trainable_tokens": int(trainable.sum()),
+        "trainable_tokens": int(trainable.sum(dtype=np.int64)),
         "rows_over_limit": state.over_limit,
         "length_histogram": histogram,
         "estimated_tokens_per_epoch": int(tokens[~in_val].sum()),
