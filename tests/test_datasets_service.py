@@ -279,6 +279,29 @@ def test_upload_is_idempotent_with_a_request_id(client: Client, tmp_path: Path) 
     assert len(list(client.datasets.list())) == 1
 
 
+def test_a_trailer_that_does_not_match_rejects_the_upload(
+    client: Client, store: ArtifactStore
+) -> None:
+    body = (json.dumps(chat("a", "b")) + "\n").encode()
+    header = pb.UploadDatasetHeader(
+        parent="projects/default", dataset_id="t", dataset=pb.Dataset(), file_name="t.jsonl"
+    )
+    for trailer, reason in [
+        (pb.UploadDatasetTrailer(size_bytes=len(body) + 5), "UPLOAD_INTERRUPTED"),
+        (pb.UploadDatasetTrailer(size_bytes=len(body), sha256="0" * 64), "ARTIFACT_CORRUPT"),
+    ]:
+        messages = [
+            pb.UploadDatasetRequest(header=header),
+            pb.UploadDatasetRequest(chunk=body),
+            pb.UploadDatasetRequest(trailer=trailer),
+        ]
+        with pytest.raises(grpc.RpcError) as info:
+            client.datasets._stub.UploadDataset(iter(messages), timeout=30)
+        assert TuneforgeError.from_rpc_error(info.value).reason == reason
+    assert list(client.datasets.list()) == []
+    assert store.list_keys("datasets/") == []
+
+
 def test_import_from_the_store(client: Client, tmp_path: Path, store: ArtifactStore) -> None:
     store.put_file("incoming/data.jsonl", write_jsonl(tmp_path / "s.jsonl", clean_rows(5)))
     ds = client.datasets.create_from_uri(store.uri("incoming/data.jsonl"), dataset_id="froms3")
@@ -305,19 +328,24 @@ def test_bad_requests_name_the_field(client: Client, tmp_path: Path) -> None:
 def _slow_upload(
     rows: int, pause_after: int, hold: threading.Event
 ) -> Iterator[pb.UploadDatasetRequest]:
+    lines = [
+        (json.dumps(chat(f"question {i}", f"answer {i}")) + "\n").encode() for i in range(rows)
+    ]
     yield pb.UploadDatasetRequest(
         header=pb.UploadDatasetHeader(
             parent="projects/default",
             dataset_id="slow",
             dataset=pb.Dataset(),
             file_name="slow.jsonl",
+            # A client that says how much it sends lets the server tell a cut-off stream
+            # (gRPC ends it normally on cancel) from a complete one.
+            size_bytes=sum(len(line) for line in lines),
         )
     )
-    for i in range(rows):
+    for i, line in enumerate(lines):
         if i == pause_after:
             hold.wait(timeout=30)
-        line = json.dumps(chat(f"question {i}", f"answer {i}")) + "\n"
-        yield pb.UploadDatasetRequest(chunk=line.encode())
+        yield pb.UploadDatasetRequest(chunk=line)
 
 
 def test_progress_is_visible_and_a_cancelled_upload_leaves_nothing(

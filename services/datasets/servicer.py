@@ -12,7 +12,12 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from services.common.errors import ERROR_DOMAIN, FailedPrecondition, InvalidArgument
+from services.common.errors import (
+    ERROR_DOMAIN,
+    DataCorrupt,
+    FailedPrecondition,
+    InvalidArgument,
+)
 from services.common.resource_names import parse_parent
 from services.datasets.formats import DETECT_HEAD_BYTES
 from services.datasets.manager import DatasetManager
@@ -123,6 +128,20 @@ def to_proto(record: DatasetRecord) -> pb.Dataset:
     )
 
 
+def _check_trailer(trailer: pb.UploadDatasetTrailer, spool: Spool) -> None:
+    if trailer.size_bytes != spool.bytes_written:
+        raise FailedPrecondition(
+            f"the trailer says {trailer.size_bytes} bytes were sent; {spool.bytes_written} arrived",
+            reason="UPLOAD_INTERRUPTED",
+            metadata={"received": spool.bytes_written, "expected": trailer.size_bytes},
+        )
+    if trailer.sha256 and trailer.sha256.lower() != spool.sha256():
+        raise DataCorrupt(
+            "the uploaded bytes do not match the trailer's sha256",
+            metadata={"expected": trailer.sha256, "received": spool.sha256()},
+        )
+
+
 class DatasetServicer(pb_grpc.DatasetServiceServicer):
     def __init__(self, manager: DatasetManager, spool_root: Path) -> None:
         self.manager = manager
@@ -174,22 +193,30 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
 
         runner = asyncio.ensure_future(asyncio.to_thread(run))
         finished = False
+        trailer: pb.UploadDatasetTrailer | None = None
         try:
             async for message in request_iterator:
-                if message.WhichOneof("payload") != "chunk":
+                kind = message.WhichOneof("payload")
+                if kind not in ("chunk", "trailer") or trailer is not None:
                     raise InvalidArgument(
-                        "only the first message may carry a header", field="header"
+                        "after the header only chunks may follow, then at most one trailer",
+                        field=kind or "payload",
                     )
+                if kind == "trailer":
+                    trailer = message.trailer
+                    _check_trailer(trailer, spool)
+                    continue
                 spool.write(message.chunk)
                 if runner.done():
                     break
             if context.cancelled():
                 raise asyncio.CancelledError()
-            if header.size_bytes and not runner.done() and spool.bytes_written != header.size_bytes:
+            expected = header.size_bytes or (trailer.size_bytes if trailer else 0)
+            if expected and not runner.done() and spool.bytes_written != expected:
                 raise FailedPrecondition(
-                    f"the upload ended after {spool.bytes_written} of {header.size_bytes} bytes",
+                    f"the upload ended after {spool.bytes_written} of {expected} bytes",
                     reason="UPLOAD_INTERRUPTED",
-                    metadata={"received": spool.bytes_written, "expected": header.size_bytes},
+                    metadata={"received": spool.bytes_written, "expected": expected},
                 )
             spool.close()
             done = await runner

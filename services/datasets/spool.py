@@ -7,6 +7,7 @@ more arrives or the writer closes. Memory stays bounded by the read buffer, what
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from pathlib import Path
@@ -21,6 +22,7 @@ class Spool:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = path.open("wb")
+        self._digest = hashlib.sha256()
         self._cond = threading.Condition()
         self._written = 0
         self._closed = False
@@ -29,6 +31,7 @@ class Spool:
     # --- writer side ---------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        self._digest.update(data)
         self._writer.write(data)
         self._writer.flush()
         with self._cond:
@@ -52,6 +55,10 @@ class Spool:
     @property
     def bytes_written(self) -> int:
         return self._written
+
+    def sha256(self) -> str:
+        """sha256 of everything written so far."""
+        return self._digest.hexdigest()
 
     def wait_closed(self) -> None:
         """Blocks until the writer is done (for formats that need the whole file)."""

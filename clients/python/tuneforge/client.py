@@ -8,6 +8,7 @@ then the default ports on 127.0.0.1. `Client("gpu-box")` uses the default ports 
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import os
 import time
@@ -270,12 +271,18 @@ class Datasets:
         def messages() -> Iterator[datasets_pb.UploadDatasetRequest]:
             yield datasets_pb.UploadDatasetRequest(header=header)
             sent = 0
+            digest = hashlib.sha256()
             with file.open("rb") as fh:
                 while chunk := fh.read(chunk_size):
                     sent += len(chunk)
+                    digest.update(chunk)
                     yield datasets_pb.UploadDatasetRequest(chunk=chunk)
                     if progress:
                         progress(sent, size)
+            # The server publishes only what provably arrived whole.
+            yield datasets_pb.UploadDatasetRequest(
+                trailer=datasets_pb.UploadDatasetTrailer(size_bytes=sent, sha256=digest.hexdigest())
+            )
 
         return call(self._stub.UploadDataset, messages(), self._client.config.long_timeout_s)
 

@@ -204,12 +204,22 @@ class CreateDatasetRequest(_message.Message):
     def __init__(self, parent: _Optional[str] = ..., dataset_id: _Optional[str] = ..., dataset: _Optional[_Union[Dataset, _Mapping]] = ..., source_uri: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UploadDatasetRequest(_message.Message):
-    __slots__ = ("header", "chunk")
+    __slots__ = ("header", "chunk", "trailer")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
     header: UploadDatasetHeader
     chunk: bytes
-    def __init__(self, header: _Optional[_Union[UploadDatasetHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+    trailer: UploadDatasetTrailer
+    def __init__(self, header: _Optional[_Union[UploadDatasetHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., trailer: _Optional[_Union[UploadDatasetTrailer, _Mapping]] = ...) -> None: ...
+
+class UploadDatasetTrailer(_message.Message):
+    __slots__ = ("size_bytes", "sha256")
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    size_bytes: int
+    sha256: str
+    def __init__(self, size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class UploadDatasetHeader(_message.Message):
     __slots__ = ("parent", "dataset_id", "dataset", "file_name", "size_bytes", "request_id")
