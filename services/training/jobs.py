@@ -43,7 +43,7 @@ from services.training.job_records import (
     Job,
     JobRecords,
 )
-from services.training.launcher import WorkerGroup, stop_group
+from services.training.launcher import WorkerGroup, stop_group, stop_job_processes
 from services.training.worker_config import OutputSpec, WorkerConfig
 
 log = structlog.get_logger("training")
@@ -508,6 +508,7 @@ class TrainingJobs:
         for job in self.records.in_states(RUNNING, CANCELLING):
             if job.worker_pid:
                 stop_group(job.worker_pid, job.worker_started_at, grace_s=5)
+            stop_job_processes(job.name, grace_s=5)
             if job.state == CANCELLING:
                 self._finish(job.name, CANCELLED, "cancelled; checkpoints are kept", None)
                 continue

@@ -139,24 +139,39 @@ class WorkerGroup:
 
 
 def stop_group(pid: int, started_at: float, grace_s: float = 5.0) -> bool:
-    """Stops the process group led by `pid` if that process is still the one started at
-    `started_at` (pids are reused). Returns whether anything was stopped."""
+    """Stops the worker group led by `pid` if that process is still the one started at
+    `started_at` (pids are reused). torchrun starts each rank in a session of its own, so the
+    signal goes to every descendant, not only to the leader's process group. Returns whether
+    anything was stopped."""
     try:
         leader = psutil.Process(pid)
         if abs(leader.create_time() - started_at) > 1.0:
             return False
-        pgid = os.getpgid(pid)
-    except (psutil.Error, ProcessLookupError):
+        members = [leader, *leader.children(recursive=True)]
+    except psutil.Error:
         return False
-    members = [leader, *leader.children(recursive=True)]
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+    return _stop(members, grace_s)
+
+
+def stop_job_processes(job: str, grace_s: float = 5.0) -> bool:
+    """Stops every process that runs for `job` (marked with TUNEFORGE_JOB in its environment),
+    e.g. ranks whose torchrun died with the service that started it."""
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(JOB_ENV) == job:
+                members.append(proc)
+    return _stop(members, grace_s) if members else False
+
+
+def _stop(members: list[psutil.Process], grace_s: float) -> bool:
+    """SIGTERM to each process, SIGKILL to what is left after `grace_s`."""
+    for proc in members:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGTERM)
     _gone, alive = psutil.wait_procs(members, timeout=grace_s)
-    if alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
     return True

@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
-from google.protobuf.json_format import MessageToDict
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from services.common.errors import ERROR_DOMAIN
@@ -31,9 +30,23 @@ def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
+def _set_fields(message: Any) -> dict[str, Any]:
+    """The fields the caller set, as plain Python values (enums by name)."""
+    values: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        if field.message_type is not None:
+            values[field.name] = _set_fields(value)
+        elif field.enum_type is not None:
+            values[field.name] = field.enum_type.values_by_number[value].name
+        elif field.is_repeated:
+            values[field.name] = list(value)
+        else:
+            values[field.name] = value
+    return values
+
+
 def spec_from_proto(job: pb.TrainingJob) -> dict[str, Any]:
-    def as_dict(message: Any) -> dict[str, Any]:
-        return MessageToDict(message, preserving_proto_field_name=True)
+    as_dict = _set_fields
 
     distribution = as_dict(job.distribution)
     return {
