@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import structlog
 
 from services.common.artifact_store import ArtifactStore
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.model_files import model_prefix, read_model_manifest
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.model_files import read_model_manifest
 from services.common.resource_names import (
     check_id,
     decode_page_token,
@@ -537,14 +537,10 @@ class TrainingJobs:
 
 
 def _output_id(base_id: str, suffix: str, job_id: str) -> str:
-    parts = [base_id[:24], suffix[:16], job_id[-12:]]
-    candidate = "-".join(p.strip("-") for p in parts if p)
-    candidate = candidate.lower().replace("_", "-")[:63].rstrip("-")
-    return check_id(candidate, "training_job.suffix")
-
-
-def model_exists(store: ArtifactStore, model: str) -> bool:
-    try:
-        return store.read_manifest(model_prefix(model)) is not None
-    except NotFound:
-        return False
+    """`{base}-{suffix}-{job}`, without repeating a suffix the job id already starts with, cut
+    to 63 characters from the base's end so the job id (what makes it unique) stays whole."""
+    parts = [base_id, suffix, job_id] if not job_id.startswith(suffix) else [base_id, job_id]
+    parts = [p.strip("-").lower().replace("_", "-") for p in parts if p]
+    tail = "-".join(parts[1:])
+    head = parts[0][: max(1, 62 - len(tail))].rstrip("-")
+    return check_id(f"{head}-{tail}"[:63].rstrip("-"), "training_job.suffix")

@@ -180,13 +180,15 @@ def _follow(handle: TrainingJobHandle) -> pb.TrainingJob:
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("step {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("step {task.completed:.0f}/{task.fields[steps]}"),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[speed]}"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console) as bar:
-        task = bar.add_task(handle.name.rsplit("/", 1)[-1], total=None, loss="-", speed="")
+        task = bar.add_task(
+            handle.name.rsplit("/", 1)[-1], total=None, loss="-", speed="", steps="?"
+        )
 
         def on_event(event: pb.TrainingJobEvent) -> None:
             kind = event.WhichOneof("payload")
@@ -196,6 +198,7 @@ def _follow(handle: TrainingJobHandle) -> pb.TrainingJob:
                     task,
                     completed=m.step,
                     total=m.total_steps or None,
+                    steps=m.total_steps or "?",
                     loss=f"{m.loss:.4f}",
                     speed=f"{m.tokens_per_second:.0f} tok/s",
                 )
