@@ -15,15 +15,20 @@ from services.common.errors import NotFound
 from services.common.manifest import Manifest
 from services.common.resource_names import parse_name
 
+# A tokenizer's files in a Hugging Face directory (whichever of them a model has).
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
     "chat_template.json",
-    "generation_config.json",
-    "config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
 )
+# What a service needs to tokenize, render chat and read the architecture.
+TOKENIZER_AND_CONFIG = (*TOKENIZER_FILES, "generation_config.json", "config.json")
 
 
 def model_prefix(model: str, field: str = "model") -> str:

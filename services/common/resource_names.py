@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from services.common.errors import InvalidArgument
 
 ID_PATTERN = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 DEFAULT_PAGE_SIZE = 50
+T = TypeVar("T")
 MAX_PAGE_SIZE = 1000
 
 
@@ -77,6 +80,14 @@ def decode_page_token(token: str, field: str = "page_token") -> dict[str, object
     if not isinstance(value, dict):
         raise InvalidArgument("page_token is not a token this server issued", field=field)
     return value
+
+
+def cut_page(found: list[T], size: int, position: Callable[[T], object]) -> tuple[list[T], str]:
+    """Turns `size + 1` fetched items into a page and the token that resumes after it."""
+    if len(found) <= size:
+        return found, ""
+    page = found[:size]
+    return page, encode_page_token({"after": position(page[-1])})
 
 
 def parse_filter(text: str, allowed: set[str], field: str = "filter") -> dict[str, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -33,3 +35,18 @@ def error_status_proto(error: TuneforgeError) -> status_pb2.Status:
     detail.Pack(info)
     code = getattr(code_pb2, error.code, code_pb2.INTERNAL)
     return status_pb2.Status(code=code, message=error.message, details=[detail])
+
+
+def status_from_dict(error: dict[str, Any]) -> status_pb2.Status | None:
+    """A google.rpc.Status from a stored error ({code, reason, message, metadata})."""
+    if not error:
+        return None
+    info = error_details_pb2.ErrorInfo(
+        reason=error.get("reason", ""),
+        domain=ERROR_DOMAIN,
+        metadata={k: str(v) for k, v in error.get("metadata", {}).items()},
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    code = getattr(code_pb2, error.get("code", "INTERNAL"), code_pb2.INTERNAL)
+    return status_pb2.Status(code=code, message=error.get("message", ""), details=[detail])

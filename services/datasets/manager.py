@@ -20,11 +20,11 @@ from services.common.errors import (
     InvalidArgument,
     TuneforgeError,
 )
-from services.common.model_files import TOKENIZER_FILES, ModelFileCache
+from services.common.model_files import TOKENIZER_AND_CONFIG, ModelFileCache
 from services.common.resource_names import (
     check_id,
+    cut_page,
     decode_page_token,
-    encode_page_token,
     page_size,
     parse_filter,
     parse_name,
@@ -142,7 +142,7 @@ class DatasetManager:
 
     def tokenizer(self, model: str, field: str = "dataset.model") -> tuple[ChatTokenizer, str]:
         """The model's tokenizer (cached per manifest version) and its catalog sha256."""
-        folder, manifest = self.models.fetch(model, TOKENIZER_FILES, field=field)
+        folder, manifest = self.models.fetch(model, TOKENIZER_AND_CONFIG, field=field)
         key = manifest.sha256()
         with self._lock:
             if key not in self._tokenizers:
@@ -265,11 +265,7 @@ class DatasetManager:
             raise InvalidArgument(f"unknown state {state!r}", field="filter")
         after = str(decode_page_token(token).get("after", ""))
         found = self.records.list(project, after, size + 1, state)
-        next_token = ""
-        if len(found) > size:
-            found = found[:size]
-            next_token = encode_page_token({"after": found[-1].dataset_id})
-        return found, next_token
+        return cut_page(found, size, lambda item: item.dataset_id)
 
     def delete(self, name: str) -> None:
         record = self.get(name)

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from services.common.errors import (
-    ERROR_DOMAIN,
     DataCorrupt,
     FailedPrecondition,
     InvalidArgument,
 )
 from services.common.resource_names import parse_parent
+from services.common.status import status_from_dict
 from services.datasets.formats import DETECT_HEAD_BYTES
 from services.datasets.manager import DatasetManager
 from services.datasets.records import READY, DatasetRecord, DatasetSpec
@@ -57,18 +56,6 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 def to_proto(record: DatasetRecord) -> pb.Dataset:
     spec, result = record.spec, record.result
     stats = result.statistics or {}
-    error = None
-    if result.error:
-        info = error_details_pb2.ErrorInfo(
-            reason=result.error.get("reason", ""),
-            domain=ERROR_DOMAIN,
-            metadata={k: str(v) for k, v in result.error.get("metadata", {}).items()},
-        )
-        error = status_pb2.Status(
-            code=getattr(code_pb2, result.error.get("code", "INTERNAL"), code_pb2.INTERNAL),
-            message=result.error.get("message", ""),
-        )
-        error.details.add().Pack(info)
     artifact = result.artifact or {}
     fmt = result.format or spec.format
     return pb.Dataset(
@@ -113,7 +100,7 @@ def to_proto(record: DatasetRecord) -> pb.Dataset:
             bytes_total=record.bytes_total,
             rows_processed=record.rows_processed,
         ),
-        error=error,
+        error=status_from_dict(result.error),
         artifact=common_pb2.ArtifactRef(
             uri=artifact.get("uri", ""),
             manifest_sha256=artifact.get("manifest_sha256", ""),

@@ -22,8 +22,8 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.model_files import read_model_manifest
 from services.common.resource_names import (
     check_id,
+    cut_page,
     decode_page_token,
-    encode_page_token,
     page_size,
     parse_filter,
     parse_name,
@@ -241,11 +241,7 @@ class TrainingJobs:
             raise InvalidArgument(f"unknown state {state!r}", field="filter")
         after = str(decode_page_token(token).get("after", ""))
         found = self.records.list(project, after, size + 1, state)
-        next_token = ""
-        if len(found) > size:
-            found = found[:size]
-            next_token = encode_page_token({"after": found[-1].job_id})
-        return found, next_token
+        return cut_page(found, size, lambda item: item.job_id)
 
     def events(
         self, name: str, after: int = 0, limit: int = 1000, kind: str | None = None
@@ -260,11 +256,7 @@ class TrainingJobs:
         kind = parse_filter(filter_text, {"type"}).get("type")
         after = int(str(decode_page_token(token).get("after", 0)))
         found = self.events(name, after, size + 1, kind)
-        next_token = ""
-        if len(found) > size:
-            found = found[:size]
-            next_token = encode_page_token({"after": found[-1].sequence})
-        return found, next_token
+        return cut_page(found, size, lambda item: item.sequence)
 
     def checkpoints(self, name: str) -> builtins.list[CheckpointInfo]:
         job = self.get(name)

@@ -19,27 +19,16 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from services.common.chat_template import DEFAULT_CHAT_TEMPLATE
+
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, PAD)
 
-# ChatML. Assistant turns sit inside {% generation %} so that
-# apply_chat_template(..., return_assistant_tokens_mask=True) marks exactly the tokens a
-# fine-tuning loss should see (the reply and its <|im_end|>).
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- else %}"
-    "{{- message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+# ChatML with the reply inside {% generation %}, the same template models without one get.
+CHATML_TEMPLATE = DEFAULT_CHAT_TEMPLATE
 
 MAX_POSITIONS = 512
 

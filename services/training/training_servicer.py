@@ -11,10 +11,9 @@ from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from services.common.errors import ERROR_DOMAIN
 from services.common.resource_names import parse_parent
+from services.common.status import status_from_dict
 from services.training.job_records import ENDED, Event, Job
 from services.training.jobs import CheckpointInfo, TrainingJobs
 from tuneforge.common.v1 import common_pb2
@@ -65,22 +64,6 @@ def spec_from_proto(job: pb.TrainingJob) -> dict[str, Any]:
     }
 
 
-def _status(error: dict[str, Any]) -> status_pb2.Status | None:
-    if not error:
-        return None
-    info = error_details_pb2.ErrorInfo(
-        reason=error.get("reason", ""),
-        domain=ERROR_DOMAIN,
-        metadata={k: str(v) for k, v in error.get("metadata", {}).items()},
-    )
-    status = status_pb2.Status(
-        code=getattr(code_pb2, error.get("code", "INTERNAL"), code_pb2.INTERNAL),
-        message=error.get("message", ""),
-    )
-    status.details.add().Pack(info)
-    return status
-
-
 def _step_metrics(m: dict[str, Any]) -> pb.StepMetrics:
     keys = (
         "step",
@@ -118,7 +101,7 @@ def job_to_proto(job: Job) -> pb.TrainingJob:
         priority=job.priority,
         labels=spec.get("labels") or {},
         state=job.state,
-        error=_status(job.error),
+        error=status_from_dict(job.error),
         output_model=job.output_model,
         progress=pb.TrainingProgress(
             step=int(progress.get("step", 0)),

@@ -14,21 +14,10 @@ import torch
 from services.common.artifact_store import ArtifactStore
 from services.common.errors import AlreadyExists
 from services.common.manifest import Manifest
-from services.common.model_files import model_prefix
+from services.common.model_files import TOKENIZER_FILES, model_prefix
 from services.training.worker.distributed import Dist
 from services.training.worker_config import WorkerConfig
 
-# Copied from the base model next to full weights, so the output is a complete HF directory.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-)
 COPIED_BASE_ATTRIBUTES = (
     "architecture",
     "model_type",
