@@ -26,6 +26,8 @@ def generate(out: Path) -> list[Path]:
 
     wkt = Path(grpc_tools.__file__).parent / "_proto"
     files = sorted(p.relative_to(PROTOS) for p in PROTOS.rglob("*.proto"))
+    # mypy-protobuf's plugin lives next to this interpreter (the venv), which need not be on PATH.
+    plugin = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
     cmd = [
         sys.executable,
         "-m",
@@ -36,6 +38,7 @@ def generate(out: Path) -> list[Path]:
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
+        f"--plugin=protoc-gen-mypy_grpc={plugin}",
         f"--mypy_grpc_out={out}",
         *[str(f) for f in files],
     ]
