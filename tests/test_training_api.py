@@ -142,3 +142,10 @@ def test_cancel_and_delete(client: Client) -> None:
     assert events[-1].state_change.state == pb.TrainingJob.CANCELLED
     client.jobs.delete("low")
     assert [j.name for j in client.jobs.list()] == [high.name]
+
+
+def test_a_streaming_call_maps_errors_too(client: Client) -> None:
+    err = _error(lambda: list(client.jobs.watch("missing")))
+    assert err.code == grpc.StatusCode.NOT_FOUND
+    assert err.reason == "RESOURCE_NOT_FOUND"
+    assert err.metadata["resource"] == "projects/default/trainingJobs/missing"

@@ -71,53 +71,46 @@ class ErrorAndLoggingInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+@contextlib.asynccontextmanager
+async def _handled(
+    context: grpc.aio.ServicerContext, method: str, request_id: str
+) -> AsyncIterator[None]:
+    """One call's scope: its request id on every log line, the access log, and its errors
+    turned into statuses."""
+    structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+    await _send_request_id(context, request_id)
+    started = time.monotonic()
+    code = grpc.StatusCode.OK
+    try:
+        yield
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except grpc.aio.AbortError:
+        code = context.code() or grpc.StatusCode.UNKNOWN
+        raise
+    except Exception as exc:
+        status = _status_for_exception(exc, method, request_id)
+        code = status.code
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    finally:
+        _log_call(code, started)
+        structlog.contextvars.unbind_contextvars("request_id", "method")
+
+
 def _wrap_unary(behavior: Any, method: str, request_id: str) -> Any:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
-        await _send_request_id(context, request_id)
-        started = time.monotonic()
-        code = grpc.StatusCode.OK
-        try:
+        async with _handled(context, method, request_id):
             return await behavior(request, context)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except Exception as exc:
-            status = _status_for_exception(exc, method, request_id)
-            code = status.code
-            await context.abort(status.code, status.details, status.trailing_metadata)
-        finally:
-            _log_call(code, started)
-            structlog.contextvars.unbind_contextvars("request_id", "method")
 
     return wrapper
 
 
 def _wrap_stream(behavior: Any, method: str, request_id: str) -> Any:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
-        await _send_request_id(context, request_id)
-        started = time.monotonic()
-        code = grpc.StatusCode.OK
-        try:
+        async with _handled(context, method, request_id):
             async for item in behavior(request, context):
                 yield item
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except Exception as exc:
-            status = _status_for_exception(exc, method, request_id)
-            code = status.code
-            await context.abort(status.code, status.details, status.trailing_metadata)
-        finally:
-            _log_call(code, started)
-            structlog.contextvars.unbind_contextvars("request_id", "method")
 
     return wrapper
 

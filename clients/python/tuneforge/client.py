@@ -107,6 +107,23 @@ def call(fn: Callable[..., T], request: Any, timeout: float, **kwargs: Any) -> T
         raise TuneforgeError.from_rpc_error(exc) from None
 
 
+def pages(
+    method: Callable[..., Any],
+    make_request: Callable[[str], Any],
+    items: str,
+    timeout: float,
+) -> Iterator[Any]:
+    """Every item of a paginated List method: `make_request(page_token)` builds each request and
+    `items` names the response's repeated field."""
+    token = ""
+    while True:
+        page = call(method, make_request(token), timeout)
+        yield from getattr(page, items)
+        token = page.next_page_token
+        if not token:
+            return
+
+
 class Models:
     """`client.models`: the model catalog (hosted by the training service)."""
 
@@ -152,16 +169,14 @@ class Models:
 
     def list(self, filter: str = "", page_size: int = 0) -> Iterator[models_pb.Model]:
         """Every model of the project, fetched page by page."""
-        token = ""
-        while True:
-            request = models_pb.ListModelsRequest(
+        return pages(
+            self._stub.ListModels,
+            lambda token: models_pb.ListModelsRequest(
                 parent=self._client.parent, page_size=page_size, page_token=token, filter=filter
-            )
-            page = call(self._stub.ListModels, request, self._client.config.timeout_s)
-            yield from page.models
-            token = page.next_page_token
-            if not token:
-                return
+            ),
+            "models",
+            self._client.config.timeout_s,
+        )
 
     def delete(self, model: str) -> None:
         request = models_pb.DeleteModelRequest(name=self._client.model_name(model))
@@ -317,16 +332,14 @@ class Datasets:
         return call(self._stub.GetDataset, request, self._client.config.timeout_s)
 
     def list(self, filter: str = "", page_size: int = 0) -> Iterator[datasets_pb.Dataset]:
-        token = ""
-        while True:
-            request = datasets_pb.ListDatasetsRequest(
+        return pages(
+            self._stub.ListDatasets,
+            lambda token: datasets_pb.ListDatasetsRequest(
                 parent=self._client.parent, page_size=page_size, page_token=token, filter=filter
-            )
-            page = call(self._stub.ListDatasets, request, self._client.config.timeout_s)
-            yield from page.datasets
-            token = page.next_page_token
-            if not token:
-                return
+            ),
+            "datasets",
+            self._client.config.timeout_s,
+        )
 
     def delete(self, dataset: str) -> None:
         request = datasets_pb.DeleteDatasetRequest(name=self._client.dataset_name(dataset))
@@ -471,16 +484,14 @@ class Jobs:
         )
 
     def list(self, filter: str = "", page_size: int = 0) -> Iterator[training_pb.TrainingJob]:
-        token = ""
-        while True:
-            request = training_pb.ListTrainingJobsRequest(
+        return pages(
+            self._stub.ListTrainingJobs,
+            lambda token: training_pb.ListTrainingJobsRequest(
                 parent=self._client.parent, page_size=page_size, page_token=token, filter=filter
-            )
-            page = call(self._stub.ListTrainingJobs, request, self._client.config.timeout_s)
-            yield from page.training_jobs
-            token = page.next_page_token
-            if not token:
-                return
+            ),
+            "training_jobs",
+            self._client.config.timeout_s,
+        )
 
     def cancel(self, job: str) -> TrainingJobHandle:
         request = training_pb.CancelTrainingJobRequest(name=self.job_name(job))
@@ -509,16 +520,14 @@ class Jobs:
             stream.cancel()
 
     def events(self, job: str, filter: str = "") -> Iterator[training_pb.TrainingJobEvent]:
-        token = ""
-        while True:
-            request = training_pb.ListTrainingJobEventsRequest(
+        return pages(
+            self._stub.ListTrainingJobEvents,
+            lambda token: training_pb.ListTrainingJobEventsRequest(
                 parent=self.job_name(job), page_token=token, filter=filter, page_size=500
-            )
-            page = call(self._stub.ListTrainingJobEvents, request, self._client.config.timeout_s)
-            yield from page.events
-            token = page.next_page_token
-            if not token:
-                return
+            ),
+            "events",
+            self._client.config.timeout_s,
+        )
 
     def checkpoints(self, job: str) -> builtins.list[training_pb.Checkpoint]:
         request = training_pb.ListTrainingJobCheckpointsRequest(parent=self.job_name(job))
