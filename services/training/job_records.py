@@ -130,6 +130,12 @@ class Event:
     payload: dict[str, Any]
 
 
+def _apply(row: JobRow, updates: dict[str, Any]) -> None:
+    """Sets columns by name; values of `*_json` columns are serialized."""
+    for key, value in updates.items():
+        setattr(row, key, json.dumps(value) if key.endswith("_json") else value)
+
+
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -239,10 +245,7 @@ class JobRecords:
                 row.worker_pid = 0
             if error is not None:
                 row.error_json = json.dumps(error)
-            for key, value in updates.items():
-                if key.endswith("_json"):
-                    value = json.dumps(value)
-                setattr(row, key, value)
+            _apply(row, updates)
             if previous != state:
                 self._add_event(
                     s,
@@ -257,10 +260,7 @@ class JobRecords:
             row = s.get(JobRow, name)
             if row is None:
                 return
-            for key, value in updates.items():
-                if key.endswith("_json"):
-                    value = json.dumps(value)
-                setattr(row, key, value)
+            _apply(row, updates)
             row.update_time = utcnow()
 
     def add_event(self, name: str, kind: str, payload: dict[str, Any], **updates: Any) -> int:
@@ -270,10 +270,7 @@ class JobRecords:
             if updates:
                 row = s.get(JobRow, name)
                 if row is not None:
-                    for key, value in updates.items():
-                        if key.endswith("_json"):
-                            value = json.dumps(value)
-                        setattr(row, key, value)
+                    _apply(row, updates)
                     row.update_time = utcnow()
             return sequence
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -66,40 +67,31 @@ def _special_ids(tok: PreTrainedTokenizerFast) -> tuple[int, int, int]:
     return ids[0], ids[1], ids[2]
 
 
-def _tiny_llama(tok: PreTrainedTokenizerFast) -> PretrainedConfig:
+def _tiny_dims(tok: PreTrainedTokenizerFast) -> dict[str, Any]:
+    """What both tiny presets share: a 2-layer, 64-wide model over the preset tokenizer."""
     bos, eos, pad = _special_ids(tok)
-    return LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=MAX_POSITIONS,
-        tie_word_embeddings=False,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
+    return {
+        "vocab_size": len(tok),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": MAX_POSITIONS,
+        "tie_word_embeddings": False,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+    }
+
+
+def _tiny_llama(tok: PreTrainedTokenizerFast) -> PretrainedConfig:
+    return LlamaConfig(**_tiny_dims(tok))
 
 
 def _tiny_phi3(tok: PreTrainedTokenizerFast) -> PretrainedConfig:
-    bos, eos, pad = _special_ids(tok)
     # original == max keeps the ONNX builder off its LongRoPE path (see PLATFORM.md).
-    return Phi3Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=MAX_POSITIONS,
-        original_max_position_embeddings=MAX_POSITIONS,
-        tie_word_embeddings=False,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
+    return Phi3Config(**_tiny_dims(tok), original_max_position_embeddings=MAX_POSITIONS)
 
 
 PRESET_CONFIGS: dict[str, Callable[[PreTrainedTokenizerFast], PretrainedConfig]] = {
