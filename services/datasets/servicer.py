@@ -193,7 +193,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
                     trailer = message.trailer
                     _check_trailer(trailer, spool)
                     continue
-                spool.write(message.chunk)
+                await asyncio.to_thread(spool.write, message.chunk)
                 if runner.done():
                     break
             if context.cancelled():

@@ -380,7 +380,8 @@ class TrainingJobs:
             daemon=True,
             name=f"supervise-{job.job_id}",
         )
-        self._supervisors[job.name] = supervisor
+        with self._lock:
+            self._supervisors[job.name] = supervisor
         supervisor.start()
         log.info(
             "job_started",
@@ -444,6 +445,7 @@ class TrainingJobs:
         code = group.wait()
         with self._lock:
             self._running.pop(name, None)
+            self._supervisors.pop(name, None)
         job = self.records.get(name)
         if job.state == CANCELLING:
             self._finish(
@@ -522,10 +524,10 @@ class TrainingJobs:
             groups = dict(self._running)
         for group in groups.values():
             group.terminate(grace_s)
-        for name in groups:
-            thread = self._supervisors.get(name)
-            if thread is not None:
-                thread.join(timeout=grace_s + 10)
+        with self._lock:
+            threads = [self._supervisors[n] for n in groups if n in self._supervisors]
+        for thread in threads:
+            thread.join(timeout=grace_s + 10)
 
 
 def _output_id(base_id: str, suffix: str, job_id: str) -> str:
