@@ -14,11 +14,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
 from services.common.artifact_store import ArtifactStore
 from services.common.settings import StoreSettings
+from services.training.launcher import JOB_ENV
 from tuneforge import Client
 from tuneforge.testing import local_services
 from tuneforge.training.v1 import model_service_pb2 as models_pb
@@ -185,6 +187,20 @@ def _start_training(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def _freeze_job_processes(job: str) -> list[psutil.Process]:
+    """SIGSTOP every process that runs for `job` (the training service restarted later stops
+    them for good)."""
+    frozen = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(JOB_ENV) == job:
+                proc.suspend()
+                frozen.append(proc)
+        except psutil.Error:
+            continue
+    return frozen
+
+
 def test_service_killed_mid_job_resumes_from_its_checkpoint(
     bucket: StoreSettings, tmp_path: Path
 ) -> None:
@@ -213,11 +229,16 @@ def test_service_killed_mid_job_resumes_from_its_checkpoint(
                 "tiny",
                 "words",
                 job_id="survivor",
-                hyperparameters={**FAST, "max_steps": 16, "checkpoint_interval_steps": 4},
+                hyperparameters={**FAST, "max_steps": 40, "checkpoint_interval_steps": 4},
             )
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and not client.jobs.checkpoints("survivor"):
-                time.sleep(0.3)
+                time.sleep(0.1)
+            # Freeze the worker group first: on a slow machine it could otherwise finish all its
+            # steps before the service dies, and there would be nothing left to resume.
+            frozen = _freeze_job_processes(handle.name)
+            assert frozen, "the worker group is gone before the service was killed"
+            assert client.jobs.get("survivor").state == "RUNNING"
             checkpoint = client.jobs.checkpoints("survivor")[0].step
             service.send_signal(signal.SIGKILL)
             service.wait(timeout=10)
@@ -234,13 +255,13 @@ def test_service_killed_mid_job_resumes_from_its_checkpoint(
             # After the restart, training went on from a checkpoint (the latest one the worker
             # had written before the old group was stopped), not from step 1: the curve either
             # repeats the steps after that checkpoint or skips the ones nobody recorded.
-            assert steps[0] == 1 and steps.count(1) == 1 and steps[-1] == 16, steps
+            assert steps[0] == 1 and steps.count(1) == 1 and steps[-1] == 40, steps
             breaks = [i for i in range(1, len(steps)) if steps[i] != steps[i - 1] + 1]
             assert len(breaks) <= 1, steps
             if breaks:
                 resumed_from = steps[breaks[0]] - 1
                 assert resumed_from >= checkpoint and resumed_from % 4 == 0, steps
-                assert steps[breaks[0] :] == list(range(resumed_from + 1, 17)), steps
+                assert steps[breaks[0] :] == list(range(resumed_from + 1, 41)), steps
             logs = [e.log.message for e in client.jobs.events("survivor", "type=log")]
             assert any("resumed from step" in m for m in logs), logs[-20:]
             reasons = [

@@ -149,6 +149,7 @@ def _train(
     done = output.existing_output(store, config) if main_rank else None
     done = broadcast_object(done)
     if done is not None:
+        events.log(f"{config.output.model} was published before the restart: nothing left to train")
         events.emit(
             "output",
             model=config.output.model,
