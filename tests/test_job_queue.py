@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
 from services.common.database import Database
-from services.training.job_records import CANCELLED, PENDING, RUNNING, Job, JobRecords
+from services.common.job_records import CANCELLED, PENDING, RUNNING, Job
+from services.training.job_records import training_job_records
 
 
 def test_priority_then_fifo_and_persistence(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'state.db'}"
-    records = JobRecords(Database(url))
+    records = training_job_records(Database(url))
     for job_id, priority in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", -1)]:
         records.create(
             Job(
@@ -36,7 +38,7 @@ def test_priority_then_fifo_and_persistence(tmp_path: Path) -> None:
         records.transition("projects/p/trainingJobs/b", CANCELLED, "x", expect=(PENDING,)) is None
     )
 
-    reopened = JobRecords(Database(url))
+    reopened = training_job_records(Database(url))
     assert [j.job_id for j in reopened.in_states(PENDING)] == ["d", "a", "c", "e"]
     assert [j.job_id for j in reopened.in_states(RUNNING)] == ["b"]
     events = reopened.events("projects/p/trainingJobs/b")
@@ -46,3 +48,19 @@ def test_priority_then_fifo_and_persistence(tmp_path: Path) -> None:
         "state": "RUNNING",
         "reason": "started",
     }
+
+
+def test_a_database_from_an_older_release_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    records = training_job_records(Database(f"sqlite:///{path}"))
+    records.create(
+        Job(name="projects/p/trainingJobs/old", project="p", job_id="old", state=PENDING, spec={})
+    )
+    records.db.close()
+    with sqlite3.connect(path) as connection:  # as an older release left it
+        connection.execute("ALTER TABLE training_jobs DROP COLUMN outputs_json")
+
+    reopened = training_job_records(Database(f"sqlite:///{path}"))
+    assert reopened.get("projects/p/trainingJobs/old").outputs == []
+    reopened.update("projects/p/trainingJobs/old", outputs_json=["projects/p/models/m"])
+    assert reopened.get("projects/p/trainingJobs/old").outputs == ["projects/p/models/m"]

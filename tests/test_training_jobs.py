@@ -20,7 +20,7 @@ import torch
 
 from services.common.artifact_store import ArtifactStore
 from services.common.settings import StoreSettings
-from services.training.launcher import JOB_ENV
+from services.common.worker_process import JOB_ENV
 from tuneforge import Client
 from tuneforge.testing import local_services
 from tuneforge.training.v1 import model_service_pb2 as models_pb

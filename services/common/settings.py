@@ -45,6 +45,17 @@ class StoreSettings(BaseSettings):
     def use_tls(self) -> bool:
         return self.secure or self.endpoint.startswith("https://")
 
+    def env(self) -> dict[str, str]:
+        """These settings as TUNEFORGE_S3_* variables, for a worker process's environment."""
+        values = self.model_dump()
+        values["secret_key"] = self.secret_key.get_secret_value()
+        return {
+            f"TUNEFORGE_S3_{key.upper()}": str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+            for key, value in values.items()
+        }
+
 
 class ServiceSettings(BaseSettings):
     """Settings common to every service process."""

@@ -19,18 +19,7 @@ import structlog
 
 from services.common.artifact_store import ArtifactStore
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.common.model_files import read_model_manifest
-from services.common.resource_names import (
-    check_id,
-    cut_page,
-    decode_page_token,
-    page_size,
-    parse_filter,
-    parse_name,
-)
-from services.common.settings import StoreSettings
-from services.training import hyperparameters as hp
-from services.training.job_records import (
+from services.common.job_records import (
     ACTIVE,
     CANCELLED,
     CANCELLING,
@@ -43,7 +32,19 @@ from services.training.job_records import (
     Job,
     JobRecords,
 )
-from services.training.launcher import WorkerGroup, stop_group, stop_job_processes
+from services.common.model_files import read_model_manifest
+from services.common.resource_names import (
+    check_id,
+    cut_page,
+    decode_page_token,
+    page_size,
+    parse_filter,
+    parse_name,
+)
+from services.common.settings import StoreSettings
+from services.common.worker_process import WorkerProcess, stop_group, stop_job_processes
+from services.training import hyperparameters as hp
+from services.training.launcher import worker_group
 from services.training.worker_config import OutputSpec, WorkerConfig
 
 log = structlog.get_logger("training")
@@ -107,7 +108,7 @@ class TrainingJobs:
         self.hardware = hardware or hp.detect_hardware()
         self.cancel_grace_s = cancel_grace_s
         self.notify: Callable[[str], None] = lambda _job: None
-        self._running: dict[str, WorkerGroup] = {}
+        self._running: dict[str, WorkerProcess] = {}
         self._supervisors: dict[str, threading.Thread] = {}
         self._shutting_down = False
         self._lock = threading.Lock()
@@ -348,7 +349,7 @@ class TrainingJobs:
         moved = self.records.transition(job.name, RUNNING, reason, expect=(PENDING,))
         if moved is None:
             return False
-        group = WorkerGroup(
+        group = worker_group(
             config,
             self.work_root / job.project / job.job_id,
             self.store_settings,
@@ -441,7 +442,7 @@ class TrainingJobs:
             name, "log", {"level": level, "source": "service", "message": message}
         )
 
-    def _supervise(self, name: str, group: WorkerGroup) -> None:
+    def _supervise(self, name: str, group: WorkerProcess) -> None:
         code = group.wait()
         with self._lock:
             self._running.pop(name, None)

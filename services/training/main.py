@@ -13,7 +13,7 @@ from services.common.errors import StoreUnavailable
 from services.common.server import Service, Servicer, run_service
 from services.common.settings import ServiceSettings, StoreSettings
 from services.training.datasets_client import GrpcDatasetLookup
-from services.training.job_records import JobRecords
+from services.training.job_records import training_job_records
 from services.training.jobs import TrainingJobs
 from services.training.model_catalog import ModelCatalog
 from services.training.model_servicer import ModelServicer
@@ -35,7 +35,7 @@ def build_service(settings: ServiceSettings, store: StoreSettings | None = None)
     db = Database(settings.database_url_for(NAME))
     datasets = GrpcDatasetLookup(settings.datasets_target)
     jobs = TrainingJobs(
-        JobRecords(db),
+        training_job_records(db),
         artifacts,
         store_settings,
         datasets,

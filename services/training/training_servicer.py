@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from services.common.job_records import ENDED, Event, Job
 from services.common.resource_names import parse_parent
 from services.common.status import status_from_dict
-from services.training.job_records import ENDED, Event, Job
 from services.training.jobs import CheckpointInfo, TrainingJobs
 from tuneforge.common.v1 import common_pb2
 from tuneforge.training.v1 import training_service_pb2 as pb

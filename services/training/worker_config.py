@@ -4,7 +4,8 @@ The worker is launched by torchrun in the job's work directory:
     python -m torch.distributed.run --nproc_per_node N --master_port P \\
         -m services.training.worker job.json
 with the object store's settings in TUNEFORGE_S3_* variables. Rank 0 reports progress as lines
-on stdout: `@@tuneforge ` followed by one JSON object (see EVENT_TYPES). Everything else the
+on stdout: `@@tuneforge ` followed by one JSON object (see EVENT_TYPES and
+services.common.worker_process). Everything else the
 worker prints is kept as log lines.
 """
 
@@ -15,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-EVENT_PREFIX = "@@tuneforge "
+from services.common import worker_process
+
 # started:    {total_steps, resumed_from_step, world_size, trainable_parameters}
 # metrics:    {step, epoch, loss, learning_rate, grad_norm, tokens_per_second, eta_seconds,
 #              total_steps, trained_tokens}
@@ -99,15 +101,6 @@ class WorkerConfig(BaseModel):
             return cls.model_validate(json.load(fh))
 
 
-def format_event(kind: str, **payload: Any) -> str:
-    return EVENT_PREFIX + json.dumps({"type": kind, **payload}, separators=(",", ":"))
-
-
 def parse_event(line: str) -> dict[str, Any] | None:
-    if not line.startswith(EVENT_PREFIX):
-        return None
-    try:
-        event = json.loads(line[len(EVENT_PREFIX) :])
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) and event.get("type") in EVENT_TYPES else None
+    """A training worker's event on `line` (None for a log line)."""
+    return worker_process.parse_event(line, EVENT_TYPES)

@@ -6,7 +6,7 @@ import math
 import sys
 from typing import Any
 
-from services.training.worker_config import format_event
+from services.common.worker_process import format_event
 
 
 class EventWriter:
