@@ -1,16 +1,10 @@
-"""Training jobs: create (auto hyperparameters resolved), queue, run, watch, cancel, recover.
-
-Blocking; the servicer calls the API in threads, and an asyncio loop calls `schedule()`.
-Each running job has a supervisor thread that owns its worker group and turns the worker's
-reports into events and state.
-"""
+"""Training jobs: create (auto hyperparameters resolved), plan the worker, turn its reports
+into events and state. Queueing, supervision and restarts are services.common.job_runner's."""
 
 from __future__ import annotations
 
 import builtins
-import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,35 +14,25 @@ import structlog
 from services.common.artifact_store import ArtifactStore
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.job_records import (
-    ACTIVE,
-    CANCELLED,
-    CANCELLING,
-    ENDED,
     FAILED,
     PENDING,
-    RUNNING,
     SUCCEEDED,
-    Event,
     Job,
     JobRecords,
 )
+from services.common.job_runner import JobRunner, worker_failed
 from services.common.model_files import read_model_manifest
 from services.common.resource_names import (
     check_id,
-    cut_page,
-    decode_page_token,
-    page_size,
-    parse_filter,
     parse_name,
 )
 from services.common.settings import StoreSettings
-from services.common.worker_process import WorkerProcess, stop_group, stop_job_processes
+from services.common.worker_process import WorkerProcess
 from services.training import hyperparameters as hp
 from services.training.launcher import worker_group
 from services.training.worker_config import OutputSpec, WorkerConfig
 
 log = structlog.get_logger("training")
-STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLING", "CANCELLED")
 
 
 @dataclass(frozen=True)
@@ -85,7 +69,11 @@ def content_files(content_sha256: str, *splits: str) -> list[str]:
     return [f"datasets/content/{content_sha256}/{split}.jsonl" for split in splits]
 
 
-class TrainingJobs:
+class TrainingJobs(JobRunner):
+    collection = "trainingJobs"
+    cancelled_reason = "cancelled; checkpoints are kept"
+    requeue_reason = "the job resumes from its latest checkpoint"
+
     def __init__(
         self,
         records: JobRecords,
@@ -98,20 +86,13 @@ class TrainingJobs:
         hardware: hp.Hardware | None = None,
         cancel_grace_s: float = 5.0,
     ) -> None:
-        self.records = records
+        super().__init__(records, max_concurrent, cancel_grace_s)
         self.store = store
         self.store_settings = store_settings
         self.datasets = datasets
         self.work_root = work_root
         self.extensions_dir = extensions_dir
-        self.max_concurrent = max_concurrent
         self.hardware = hardware or hp.detect_hardware()
-        self.cancel_grace_s = cancel_grace_s
-        self.notify: Callable[[str], None] = lambda _job: None
-        self._running: dict[str, WorkerProcess] = {}
-        self._supervisors: dict[str, threading.Thread] = {}
-        self._shutting_down = False
-        self._lock = threading.Lock()
 
     # --- create ------------------------------------------------------------------------------
 
@@ -229,36 +210,6 @@ class TrainingJobs:
 
     # --- read ---------------------------------------------------------------------------------
 
-    def get(self, name: str) -> Job:
-        parse_name(name, "trainingJobs")
-        return self.records.get(name)
-
-    def list(
-        self, project: str, requested: int, token: str, filter_text: str
-    ) -> tuple[builtins.list[Job], str]:
-        size = page_size(requested)
-        state = parse_filter(filter_text, {"state"}).get("state")
-        if state and state not in STATES:
-            raise InvalidArgument(f"unknown state {state!r}", field="filter")
-        after = str(decode_page_token(token).get("after", ""))
-        found = self.records.list(project, after, size + 1, state)
-        return cut_page(found, size, lambda item: item.job_id)
-
-    def events(
-        self, name: str, after: int = 0, limit: int = 1000, kind: str | None = None
-    ) -> builtins.list[Event]:
-        self.get(name)
-        return self.records.events(name, after, limit, kind)
-
-    def list_events(
-        self, name: str, requested: int, token: str, filter_text: str
-    ) -> tuple[builtins.list[Event], str]:
-        size = page_size(requested)
-        kind = parse_filter(filter_text, {"type"}).get("type")
-        after = int(str(decode_page_token(token).get("after", 0)))
-        found = self.events(name, after, size + 1, kind)
-        return cut_page(found, size, lambda item: item.sequence)
-
     def checkpoints(self, name: str) -> builtins.list[CheckpointInfo]:
         job = self.get(name)
         prefix = job.resolved.get("checkpoint_prefix", "")
@@ -282,118 +233,24 @@ class TrainingJobs:
             )
         return sorted(found, key=lambda c: c.step)
 
-    # --- cancel / delete ----------------------------------------------------------------------
-
-    def cancel(self, name: str) -> Job:
-        job = self.get(name)
-        if job.state in ENDED:
-            raise FailedPrecondition(
-                f"{name} already ended {job.state}",
-                reason="JOB_STATE_CONFLICT",
-                metadata={"state": job.state},
-            )
-        if job.state == PENDING:
-            done = self.records.transition(
-                name, CANCELLED, "cancelled before it started", expect=(PENDING,)
-            )
-            if done is not None:
-                self.notify(name)
-                return done
-        moved = self.records.transition(name, CANCELLING, "cancel requested", expect=(RUNNING,))
-        self.notify(name)
-        with self._lock:
-            group = self._running.get(name)
-        if group is not None:
-            threading.Thread(
-                target=group.terminate, args=(self.cancel_grace_s,), daemon=True
-            ).start()
-        return moved or self.get(name)
-
-    def delete(self, name: str) -> None:
-        job = self.get(name)
-        if job.state in ACTIVE:
-            raise FailedPrecondition(
-                f"{name} is {job.state}; cancel it first",
-                reason="JOB_STATE_CONFLICT",
-                metadata={"state": job.state},
-            )
+    def delete_artifacts(self, job: Job) -> None:
         prefix = job.resolved.get("checkpoint_prefix", "")
         if prefix:
             self.store.delete_prefix(prefix)
-        self.records.delete(name)
-        log.info("job_deleted", job=name)
 
-    # --- scheduling ---------------------------------------------------------------------------
+    # --- workers ------------------------------------------------------------------------------
 
-    def schedule(self) -> builtins.list[str]:
-        """Starts queued jobs while fewer than max_concurrent run. Returns the started ones."""
-        started: builtins.list[str] = []
-        if self._shutting_down:
-            return started
-        with self._lock:
-            free = self.max_concurrent - len(self._running)
-        if free <= 0:
-            return started
-        for job in self.records.in_states(PENDING)[:free]:
-            if self._start(job):
-                started.append(job.name)
-        return started
-
-    def _start(self, job: Job) -> bool:
-        config = WorkerConfig.model_validate(job.resolved)
-        reason = (
-            f"resuming from the latest checkpoint (resume {job.resume_count})"
-            if job.resume_count
-            else "a worker slot is free"
-        )
-        moved = self.records.transition(job.name, RUNNING, reason, expect=(PENDING,))
-        if moved is None:
-            return False
-        group = worker_group(
-            config,
+    def make_worker(self, job: Job) -> WorkerProcess:
+        return worker_group(
+            WorkerConfig.model_validate(job.resolved),
             self.work_root / job.project / job.job_id,
             self.store_settings,
             self.extensions_dir,
-            on_event=lambda event: self._on_event(job.name, event),
+            on_event=lambda event: self.on_event(job.name, event),
             on_log=lambda line: self._on_log(job.name, line),
         )
-        try:
-            group.start()
-        except OSError as exc:
-            self._finish(
-                job.name,
-                FAILED,
-                f"the worker could not start: {exc}",
-                {
-                    "code": "INTERNAL",
-                    "reason": "WORKER_FAILED",
-                    "message": f"the worker could not start: {exc}",
-                    "metadata": {},
-                },
-            )
-            return False
-        self.records.update(job.name, worker_pid=group.pid, worker_started_at=group.started_at)
-        with self._lock:
-            self._running[job.name] = group
-        supervisor = threading.Thread(
-            target=self._supervise,
-            args=(job.name, group),
-            daemon=True,
-            name=f"supervise-{job.job_id}",
-        )
-        with self._lock:
-            self._supervisors[job.name] = supervisor
-        supervisor.start()
-        log.info(
-            "job_started",
-            job=job.name,
-            pid=group.pid,
-            processes=config.distribution.processes_per_node,
-        )
-        self.notify(job.name)
-        return True
 
-    def _on_event(self, name: str, event: dict[str, Any]) -> None:
+    def on_event(self, name: str, event: dict[str, Any]) -> None:
         kind = event.pop("type")
         if kind == "metrics":
             progress = {
@@ -430,105 +287,22 @@ class TrainingJobs:
             self._log_event(name, event.get("level", "info"), event.get("message", ""))
         self.notify(name)
 
-    def _on_log(self, name: str, line: str) -> None:
-        level = "error" if ("Error" in line or "Traceback" in line) else "info"
-        self.records.add_event(
-            name, "log", {"level": level, "source": "worker", "message": line[:4000]}
+    def completed(self, job: Job, code: int, worker: WorkerProcess) -> None:
+        if code == 0 and job.output_model:
+            self._finish(job.name, SUCCEEDED, f"training finished; output {job.output_model}", None)
+            return
+        why = (
+            f"the worker exited with code {code}"
+            if code
+            else "the worker ended without registering its output"
         )
-        self.notify(name)
-
-    def _log_event(self, name: str, level: str, message: str) -> None:
-        self.records.add_event(
-            name, "log", {"level": level, "source": "service", "message": message}
+        tail = "\n".join(worker.tail)
+        self._finish(
+            job.name,
+            FAILED,
+            why,
+            worker_failed(f"{why}; its last log lines:\n{tail}", exit_code=str(code)),
         )
-
-    def _supervise(self, name: str, group: WorkerProcess) -> None:
-        code = group.wait()
-        with self._lock:
-            self._running.pop(name, None)
-            self._supervisors.pop(name, None)
-        job = self.records.get(name)
-        if job.state == CANCELLING:
-            self._finish(
-                name,
-                CANCELLED,
-                "cancelled; checkpoints are kept",
-                {
-                    "code": "CANCELLED",
-                    "reason": "ABORTED",
-                    "message": "the job was cancelled",
-                    "metadata": {},
-                },
-            )
-        elif self._shutting_down:
-            self.records.transition(
-                name,
-                PENDING,
-                "the training service is stopping; the job will resume from its latest checkpoint",
-                expect=(RUNNING,),
-                resume_count=job.resume_count + 1,
-            )
-        elif code == 0 and job.output_model:
-            self._finish(name, SUCCEEDED, f"training finished; output {job.output_model}", None)
-        else:
-            tail = "\n".join(group.tail)
-            why = (
-                f"the worker exited with code {code}"
-                if code
-                else "the worker ended without registering its output"
-            )
-            self._finish(
-                name,
-                FAILED,
-                why,
-                {
-                    "code": "INTERNAL",
-                    "reason": "WORKER_FAILED",
-                    "message": f"{why}; its last log lines:\n{tail}",
-                    "metadata": {"exit_code": str(code)},
-                },
-            )
-        self.notify(name)
-
-    def _finish(self, name: str, state: str, reason: str, error: dict[str, Any] | None) -> None:
-        self.records.transition(name, state, reason, error=error)
-        log.info("job_ended", job=name, state=state, reason=reason)
-
-    # --- restart ------------------------------------------------------------------------------
-
-    def recover(self) -> builtins.list[str]:
-        """After a restart: stop worker groups an earlier service left behind, requeue their
-        jobs to resume from the latest checkpoint, finish pending cancellations."""
-        resumed = []
-        for job in self.records.in_states(RUNNING, CANCELLING):
-            if job.worker_pid:
-                stop_group(job.worker_pid, job.worker_started_at, grace_s=5)
-            stop_job_processes(job.name, grace_s=5)
-            if job.state == CANCELLING:
-                self._finish(job.name, CANCELLED, "cancelled; checkpoints are kept", None)
-                continue
-            self.records.transition(
-                job.name,
-                PENDING,
-                "the training service restarted; the job resumes from its latest checkpoint",
-                expect=(RUNNING,),
-                resume_count=job.resume_count + 1,
-                worker_pid=0,
-            )
-            resumed.append(job.name)
-        return resumed
-
-    def shutdown(self, grace_s: float = 10.0) -> None:
-        """Stops running workers; their jobs go back to the queue and resume later."""
-        self._shutting_down = True
-        with self._lock:
-            groups = dict(self._running)
-        for group in groups.values():
-            group.terminate(grace_s)
-        with self._lock:
-            threads = [self._supervisors[n] for n in groups if n in self._supervisors]
-        for thread in threads:
-            thread.join(timeout=grace_s + 10)
 
 
 def _output_id(base_id: str, suffix: str, job_id: str) -> str:

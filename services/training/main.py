@@ -10,6 +10,7 @@ import structlog
 from services.common.artifact_store import ArtifactStore
 from services.common.database import Database
 from services.common.errors import StoreUnavailable
+from services.common.job_watch import JobNotifier
 from services.common.server import Service, Servicer, run_service
 from services.common.settings import ServiceSettings, StoreSettings
 from services.training.datasets_client import GrpcDatasetLookup
@@ -17,7 +18,7 @@ from services.training.job_records import training_job_records
 from services.training.jobs import TrainingJobs
 from services.training.model_catalog import ModelCatalog
 from services.training.model_servicer import ModelServicer
-from services.training.training_servicer import JobNotifier, TrainingServicer
+from services.training.training_servicer import TrainingServicer
 from tuneforge.training.v1 import model_service_pb2, training_service_pb2
 from tuneforge.training.v1 import model_service_pb2_grpc as model_grpc
 from tuneforge.training.v1 import training_service_pb2_grpc as training_grpc

@@ -4,29 +4,20 @@ streams history, then live events as supervisors report them."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 
 from services.common.job_records import ENDED, Event, Job
+from services.common.job_watch import JobNotifier, timestamp
 from services.common.resource_names import parse_parent
 from services.common.status import status_from_dict
 from services.training.jobs import CheckpointInfo, TrainingJobs
 from tuneforge.common.v1 import common_pb2
 from tuneforge.training.v1 import training_service_pb2 as pb
 from tuneforge.training.v1 import training_service_pb2_grpc as pb_grpc
-
-
-def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def _set_fields(message: Any) -> dict[str, Any]:
@@ -113,10 +104,10 @@ def job_to_proto(job: Job) -> pb.TrainingJob:
         latest_metrics=_step_metrics(job.latest_metrics) if job.latest_metrics else None,
         latest_eval=_eval_metrics(job.latest_eval) if job.latest_eval else None,
         resume_count=job.resume_count,
-        create_time=_ts(job.create_time),
-        start_time=_ts(job.start_time),
-        end_time=_ts(job.end_time),
-        update_time=_ts(job.update_time),
+        create_time=timestamp(job.create_time),
+        start_time=timestamp(job.start_time),
+        end_time=timestamp(job.end_time),
+        update_time=timestamp(job.update_time),
     )
     message.hyperparameters.CopyFrom(_hyperparameters(spec.get("hyperparameters") or {}))
     message.lora.CopyFrom(_lora(spec.get("lora") or {}))
@@ -159,12 +150,12 @@ def checkpoint_to_proto(c: CheckpointInfo) -> pb.Checkpoint:
             total_size_bytes=sum(f["size_bytes"] for f in c.files),
         ),
         metrics=c.metrics,
-        create_time=_ts(c.created_at),
+        create_time=timestamp(c.created_at),
     )
 
 
 def event_to_proto(event: Event) -> pb.TrainingJobEvent:
-    out = pb.TrainingJobEvent(sequence=event.sequence, time=_ts(event.time))
+    out = pb.TrainingJobEvent(sequence=event.sequence, time=timestamp(event.time))
     p = event.payload
     if event.kind == "state_change":
         out.state_change.CopyFrom(
@@ -196,45 +187,13 @@ def event_to_proto(event: Event) -> pb.TrainingJobEvent:
     else:
         out.log.CopyFrom(
             common_pb2.LogLine(
-                time=_ts(event.time),
+                time=timestamp(event.time),
                 level=p.get("level", "info"),
                 source=p.get("source", ""),
                 message=p.get("message", ""),
             )
         )
     return out
-
-
-class JobNotifier:
-    """Wakes Watch streams when a job has news (called from supervisor threads)."""
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._condition: asyncio.Condition | None = None
-
-    def bind(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._condition = asyncio.Condition()
-
-    def notify(self, _job: str) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._wake()))
-
-    async def _wake(self) -> None:
-        assert self._condition is not None
-        async with self._condition:
-            self._condition.notify_all()
-
-    async def wait(self, seconds: float) -> None:
-        """Returns on the next notification, or after `seconds`."""
-        if self._condition is None:
-            await asyncio.sleep(seconds)
-            return
-        async with self._condition:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._condition.wait(), seconds)
 
 
 class TrainingServicer(pb_grpc.TrainingServiceServicer):
