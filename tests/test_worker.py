@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +68,25 @@ def store(artifact_store: ArtifactStore, tmp_path: Path) -> ArtifactStore:
     artifact_store.put_bytes("datasets/content/abc/train.jsonl", _rows(NAMES))
     artifact_store.put_bytes("datasets/content/abc/validation.jsonl", _rows(["Ann", "Ben"]))
     return artifact_store
+
+
+@pytest.fixture
+def tied_base(store: ArtifactStore, tmp_path: Path) -> str:
+    """The tiny base with tied input and output embeddings, as SmolLM2 has: its frozen
+    lm_head.weight is an alias of embed_tokens.weight."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = download(store, "models/p1/tiny/", tmp_path / "tied")
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    model.save_pretrained(model_dir)
+    tied = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    ModelCatalog(store, tmp_path / "tied-import").import_model(
+        ResourceName(PROJECT, "models", "tied"), ModelSource("hf_dir", str(model_dir))
+    )
+    return f"projects/{PROJECT}/models/tied"
 
 
 def job_config(
@@ -255,6 +275,21 @@ def check_adapter(store: ArtifactStore, config: WorkerConfig, tmp_path: Path) ->
     return manifest
 
 
+def adapter_weights(
+    store: ArtifactStore, config: WorkerConfig, dest: Path
+) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    download(store, output_prefix(config), dest)
+    return load_file(dest / "adapter_model.safetensors")
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
 def test_lora_zero0_trains_and_publishes_a_peft_adapter(
     store: ArtifactStore, tmp_path: Path
 ) -> None:
@@ -290,6 +325,10 @@ def test_dora_with_packing_and_bf16(store: ArtifactStore, tmp_path: Path) -> Non
     config = job_config("dora", "dora", packing=True, precision="bf16")
     events = run_worker(store, config, tmp_path / "work")
     check_training(events, 8)
+    packed = [e["message"] for e in of(events, "log") if e["message"].startswith("packed ")]
+    assert len(packed) == 1 and re.fullmatch(
+        r"packed 13 examples into \d+ rows, fill \d+%", packed[0]
+    )
     manifest = check_adapter(store, config, tmp_path)
     assert manifest.attributes["precision"] == "bf16"
     adapter_config = json.loads(store.get_bytes(output_prefix(config) + "adapter_config.json"))
@@ -320,8 +359,9 @@ def test_resume_after_kill_continues_from_the_checkpoint(
 ) -> None:
     # Reference: the same job, never interrupted.
     total = 12
-    reference = run_worker(store, job_config("ref", max_steps=total), tmp_path / "ref")
-    ref_loss = {m["step"]: m["loss"] for m in of(reference, "metrics")}
+    ref_config = job_config("ref", max_steps=total)
+    reference = run_worker(store, ref_config, tmp_path / "ref")
+    ref_metrics = {m["step"]: m for m in of(reference, "metrics")}
 
     config = job_config("res", max_steps=total, checkpoint_interval_steps=2)
     proc = start_worker(store, config, tmp_path / "work")
@@ -360,16 +400,69 @@ def test_resume_after_kill_continues_from_the_checkpoint(
     assert of(events, "started")[0]["resumed_from_step"] == killed_at
     steps = [m["step"] for m in of(events, "metrics")]
     assert steps == list(range(killed_at + 1, total + 1))
-    # Exact resume: the loss curve continues where the uninterrupted run's goes.
+    # Exact resume (adapter weights, optimizer state, schedule, data position): the loss curve
+    # continues where the uninterrupted run's goes, and ends in the same adapter.
     for m in of(events, "metrics"):
-        assert m["loss"] == pytest.approx(ref_loss[m["step"]], rel=1e-4, abs=1e-4)
+        ref = ref_metrics[m["step"]]
+        assert m["loss"] == pytest.approx(ref["loss"], rel=1e-4, abs=1e-4)
+        assert m["learning_rate"] == pytest.approx(ref["learning_rate"], rel=1e-6)
+        assert m["trained_tokens"] == ref["trained_tokens"]
+    assert_same_weights(
+        adapter_weights(store, config, tmp_path / "out"),
+        adapter_weights(store, ref_config, tmp_path / "ref-out"),
+    )
     assert [c["step"] for c in of(events, "checkpoint")] == list(range(killed_at + 2, total + 1, 2))
     assert len(store.list_artifacts(config.checkpoint_prefix)) == 3  # older ones pruned
     assert output_manifest(store, config).attributes["source"] == f"job:{config.job}"
 
-    # Run once more: the output exists, so the worker only reports it again.
+    # Run once more: the output exists, so the worker only says so and reports it again.
     again = run_worker(store, config, tmp_path / "work")
-    assert [e["type"] for e in again] == ["output"]
+    assert [e["type"] for e in again] == ["log", "output"]
+    assert "nothing left to train" in again[0]["message"]
+
+
+@pytest.mark.parametrize(("zero_stage", "processes"), [(0, 1), (2, 2), (3, 2)])
+def test_adapter_checkpoint_holds_only_the_adapter_and_resumes_exactly(
+    store: ArtifactStore, tied_base: str, tmp_path: Path, zero_stage: int, processes: int
+) -> None:
+    config = job_config(
+        f"ckpt{zero_stage}",
+        zero_stage=zero_stage,
+        processes=processes,
+        max_steps=6,
+        checkpoint_interval_steps=2,
+    ).model_copy(update={"base_model": tied_base})
+    first = run_worker(store, config, tmp_path / "first")
+    assert [c["step"] for c in of(first, "checkpoint")] == [2, 4, 6]
+    first_adapter = adapter_weights(store, config, tmp_path / "first-out")
+
+    # The module state holds the LoRA A and B of q_proj and v_proj in 2 layers and nothing of
+    # the frozen base, not even lm_head.weight (the tied embedding DeepSpeed's filter misses).
+    saved = download(store, f"{config.checkpoint_prefix}step-00000002/", tmp_path / "step-2")
+    base_bytes = store.stat("models/p1/tied/model.safetensors").size
+    module_files = sorted((saved / "engine").glob("*model_states.pt"))
+    assert len(module_files) == (processes if zero_stage == 3 else 1)
+    for path in module_files:
+        module = torch.load(path, weights_only=False)["module"]
+        frozen = [k for k in module if ".lora_A." not in k and ".lora_B." not in k]
+        assert len(module) == 8 and not frozen, frozen
+        if zero_stage != 3:  # ZeRO-3 saves empty placeholders: the weights are partitioned
+            assert sum(t.numel() for t in module.values()) == 3584
+        assert path.stat().st_size < base_bytes / 5, (path.name, path.stat().st_size, base_bytes)
+
+    # Back to the state right after step 2: its checkpoint is the latest, no output yet.
+    for step in (4, 6):
+        store.delete_artifact(f"{config.checkpoint_prefix}step-{step:08d}/")
+    store.delete_artifact(output_prefix(config))
+    again = run_worker(store, config, tmp_path / "again")
+    assert of(again, "started")[0]["resumed_from_step"] == 2
+    before = {m["step"]: m for m in of(first, "metrics")}
+    resumed = of(again, "metrics")
+    assert [m["step"] for m in resumed] == [3, 4, 5, 6]
+    for m in resumed:
+        assert m["loss"] == pytest.approx(before[m["step"]]["loss"], rel=1e-4, abs=1e-4)
+        assert m["learning_rate"] == pytest.approx(before[m["step"]]["learning_rate"], rel=1e-6)
+    assert_same_weights(adapter_weights(store, config, tmp_path / "again-out"), first_adapter)
 
 
 @pytest.mark.slow  # the first run JIT-builds DeepSpeed's cpu_adam (~75 s on 2 cores)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,21 +55,54 @@ class Published:
     manifest: Manifest
 
 
+def trainable_names(module: torch.nn.Module) -> set[str]:
+    """State-dict keys of the trainable parameters, every alias of a tied one included."""
+    return {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
+
+
+@contextmanager
+def _only_trainable_state(module: torch.nn.Module) -> Iterator[None]:
+    """While open, module.state_dict() holds the trainable parameters only.
+
+    DeepSpeed's exclude_frozen_parameters drops the frozen names named_parameters() lists, and
+    that lists a tied weight once: SmolLM2's lm_head.weight (the tied embedding, 108 MiB) and
+    frozen buffers (4-bit quantization state) stayed in every adapter checkpoint.
+    """
+    keep = trainable_names(module)
+
+    def drop_frozen(
+        _module: torch.nn.Module, state: dict[str, Any], prefix: str, _meta: Any
+    ) -> None:
+        for key in [k for k in state if k.removeprefix(prefix) not in keep]:
+            del state[key]
+
+    handle = module.register_state_dict_post_hook(drop_frozen)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def save_local(
     engine: Any, local_dir: Path, dist_info: Dist, client_state: dict[str, Any], adapter: bool
 ) -> None:
-    """All ranks: write the engine state (partitioned under ZeRO) and this rank's RNG state."""
+    """All ranks: write the engine state (partitioned under ZeRO) and this rank's RNG state.
+
+    An adapter's checkpoint holds only the adapter (weights, optimizer state): the frozen base
+    is the catalog model, loaded again on resume.
+    """
     if dist_info.is_main and local_dir.exists():
         shutil.rmtree(local_dir)
     barrier()
-    engine.save_checkpoint(
-        str(local_dir),
-        tag=ENGINE_TAG,
-        client_state=client_state,
-        save_latest=False,
-        # The frozen base is the catalog model: an adapter's checkpoint holds only the adapter.
-        exclude_frozen_parameters=adapter,
-    )
+    with _only_trainable_state(engine.module) if adapter else nullcontext():
+        engine.save_checkpoint(
+            str(local_dir),
+            tag=ENGINE_TAG,
+            client_state=client_state,
+            save_latest=False,
+            # Also keeps ZeRO-2/3 from saving the frozen params' partitions.
+            exclude_frozen_parameters=adapter,
+        )
     torch.save(rng_state(), local_dir / ENGINE_TAG / f"rng_state_rank{dist_info.rank}.pt")
     barrier()
 
@@ -150,10 +185,24 @@ def fetch_latest(
     return Path(path), manifest
 
 
+def _load_adapter(src: dict[str, Any], dst: torch.nn.Module) -> None:
+    """Load an adapter checkpoint onto the freshly built model, whose frozen base came from the
+    catalog: every trainable parameter must be in it (frozen extras of older checkpoints, equal
+    to the base, are harmless)."""
+    result = dst.load_state_dict(src, strict=False)
+    missing = sorted(trainable_names(dst) & set(result.missing_keys))
+    if missing:
+        raise FailedPrecondition(
+            f"the checkpoint lacks {len(missing)} parameters of the adapter being trained, "
+            f"e.g. {missing[0]}",
+            metadata={"missing_parameters": str(len(missing)), "example": missing[0]},
+        )
+
+
 def load(engine: Any, local_dir: Path, dist_info: Dist, adapter: bool) -> dict[str, Any]:
     """All ranks: restore the engine state and this rank's RNG state; returns the client state."""
     load_path, client_state = engine.load_checkpoint(
-        str(local_dir), tag=ENGINE_TAG, load_module_strict=not adapter
+        str(local_dir), tag=ENGINE_TAG, custom_load_fn=_load_adapter if adapter else None
     )
     if load_path is None:
         raise FailedPrecondition(f"DeepSpeed could not load the checkpoint in {local_dir}")

@@ -62,26 +62,74 @@ def tokenize(
 
 
 def pack(examples: list[Example], max_len: int) -> list[Example]:
-    """Concatenate examples, in order, into sequences of at most max_len tokens.
+    """Bin-pack examples into sequences of at most max_len tokens, first-fit decreasing.
 
-    An example never straddles two sequences; the first token of each example after the first
-    gets label IGNORE_INDEX so no loss is taken on predicting it from the previous example.
+    Longest first, each into the first sequence with room: rows fill far better than packing in
+    order (the order does not matter, ShardedBatches shuffles the rows). Deterministic: equal
+    lengths keep their input order. An example is never split (one longer than max_len gets a
+    row of its own); the first token of each example after the first in a row gets label
+    IGNORE_INDEX so no loss is taken on predicting it from the previous example.
     """
-    packed: list[Example] = []
-    ids: list[int] = []
-    labels: list[int] = []
-    for ex in examples:
-        if ids and len(ids) + len(ex.input_ids) > max_len:
-            packed.append(Example(ids, labels))
-            ids, labels = [], []
-        ex_labels = list(ex.labels)
-        if ids:
-            ex_labels[0] = IGNORE_INDEX
-        ids = ids + ex.input_ids
-        labels = labels + ex_labels
-    if ids:
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    free = _FreeSpace(len(examples), max_len)
+    alone: list[list[Example]] = []  # longer than max_len: a row each
+    rows: list[list[Example]] = []
+    for i in order:
+        ex = examples[i]
+        row = free.take(len(ex.input_ids))
+        if row is None:
+            alone.append([ex])
+        elif row == len(rows):
+            rows.append([ex])
+        else:
+            rows[row].append(ex)
+    packed = []
+    for row_examples in alone + rows:
+        ids: list[int] = []
+        labels: list[int] = []
+        for ex in row_examples:
+            ex_labels = list(ex.labels)
+            if ids:
+                ex_labels[0] = IGNORE_INDEX
+            ids += ex.input_ids
+            labels += ex_labels
         packed.append(Example(ids, labels))
     return packed
+
+
+class _FreeSpace:
+    """The free tokens of `count` rows of `capacity`, as a max-tree: the first row with room for
+    n tokens is found in O(log rows), so packing a million examples stays fast. Rows not yet
+    used are empty, so the first one with room is a used row if any fits, else the next new one.
+    """
+
+    def __init__(self, count: int, capacity: int) -> None:
+        self.leaves = 1
+        while self.leaves < count:
+            self.leaves *= 2
+        self.tree = [capacity] * (2 * self.leaves)
+
+    def take(self, n: int) -> int | None:
+        """Index of the first row with n free tokens, which are then used; None if none has."""
+        if self.tree[1] < n:
+            return None
+        node = 1
+        while node < self.leaves:
+            node = 2 * node if self.tree[2 * node] >= n else 2 * node + 1
+        self.tree[node] -= n
+        row = node - self.leaves
+        node //= 2
+        while node:
+            self.tree[node] = max(self.tree[2 * node], self.tree[2 * node + 1])
+            node //= 2
+        return row
+
+
+def fill_ratio(rows: list[Example], max_len: int) -> float:
+    """Share of the rows' max_len token slots holding tokens (1.0: no padding at all)."""
+    if not rows:
+        return 0.0
+    return sum(len(ex.input_ids) for ex in rows) / (len(rows) * max_len)
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from services.common.errors import InvalidArgument, TuneforgeError
 from services.common.model_files import ModelFileCache
 from services.common.settings import StoreSettings
 from services.training.worker import checkpoints, output
-from services.training.worker.data import ShardedBatches, pack, read_rows, tokenize
+from services.training.worker.data import ShardedBatches, fill_ratio, pack, read_rows, tokenize
 from services.training.worker.distributed import (
     Dist,
     barrier,
@@ -175,7 +175,12 @@ def _train(
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     examples = tokenize(read_rows(train_paths), tokenizer, hp.max_seq_len)
     if hp.packing:
-        examples = pack(examples, hp.max_seq_len)
+        rows = pack(examples, hp.max_seq_len)
+        events.log(
+            f"packed {len(examples)} examples into {len(rows)} rows, "
+            f"fill {fill_ratio(rows, hp.max_seq_len):.0%}"
+        )
+        examples = rows
     validation = tokenize(read_rows(val_paths), tokenizer, hp.max_seq_len)
     train = ShardedBatches(
         examples,
