@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from typing import TYPE_CHECKING, TypeVar
 
 from google.protobuf import timestamp_pb2
+
+from services.common.job_records import ENDED, Event
+
+if TYPE_CHECKING:
+    from services.common.job_runner import JobRunner
+
+T = TypeVar("T")
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -47,3 +56,24 @@ class JobNotifier:
         async with self._condition:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._condition.wait(), seconds)
+
+
+async def watch(
+    jobs: JobRunner,
+    name: str,
+    after_sequence: int,
+    notifier: JobNotifier,
+    to_proto: Callable[[Event], T],
+) -> AsyncIterator[T]:
+    """A job's events after `after_sequence`: the history, then live ones until the job ends."""
+    after = after_sequence
+    while True:
+        job = await asyncio.to_thread(jobs.get, name)
+        events = await asyncio.to_thread(jobs.events, name, after, 500)
+        for event in events:
+            after = event.sequence
+            yield to_proto(event)
+        if not events and job.state in ENDED:
+            return
+        if not events:
+            await notifier.wait(1.0)

@@ -1,26 +1,82 @@
-"""The conversion service process."""
+"""The conversion service process: merge adapters, export ONNX, quantize, check parity."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
+import structlog
+
+from services.common.artifact_store import ArtifactStore
+from services.common.database import Database
+from services.common.errors import StoreUnavailable
+from services.common.job_watch import JobNotifier
 from services.common.server import Service, Servicer, run_service
 from services.common.settings import ServiceSettings, StoreSettings
+from services.conversion.jobs import ConversionJobs
+from services.conversion.records import conversion_job_records
+from services.conversion.servicer import ConversionServicer
 from tuneforge.conversion.v1 import conversion_service_pb2
 from tuneforge.conversion.v1 import conversion_service_pb2_grpc as conversion_grpc
 
 NAME = "conversion"
+SCHEDULE_EVERY_S = 1.0
+log = structlog.get_logger(NAME)
 
 
 def build_service(settings: ServiceSettings, store: StoreSettings | None = None) -> Service:
+    store_settings = store or StoreSettings()
+    artifacts = ArtifactStore(store_settings)
+    db = Database(settings.database_url_for(NAME))
+    jobs = ConversionJobs(
+        conversion_job_records(db),
+        artifacts,
+        store_settings,
+        work_root=settings.data_dir(NAME) / "jobs",
+        max_concurrent=settings.max_concurrent_jobs,
+    )
+    notifier = JobNotifier()
+    jobs.notify = notifier.notify
+    tasks: list[asyncio.Task[None]] = []
+
+    async def scheduler() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(jobs.schedule)
+            except Exception:
+                log.exception("schedule_failed")
+            await notifier.wait(SCHEDULE_EVERY_S)
+
+    async def start() -> None:
+        notifier.bind()
+        # The service starts even when the store is down; calls that need it answer UNAVAILABLE.
+        try:
+            await asyncio.to_thread(artifacts.ensure_bucket)
+        except StoreUnavailable as exc:
+            log.warning("store_unavailable_at_start", error=exc.message)
+        for name in await asyncio.to_thread(jobs.recover):
+            log.info("job_requeued_after_restart", job=name)
+        tasks.append(asyncio.create_task(scheduler()))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(jobs.shutdown)
+        db.close()
+
     return Service(
         name=NAME,
         servicers=[
-            # Conversion jobs (issue: conversion service) answer UNIMPLEMENTED until they land.
             Servicer(
                 conversion_grpc.add_ConversionServiceServicer_to_server,
-                conversion_grpc.ConversionServiceServicer(),  # type: ignore[abstract]
+                ConversionServicer(jobs, notifier),
                 conversion_service_pb2.DESCRIPTOR.services_by_name["ConversionService"].full_name,
             ),
         ],
+        on_start=[start],
+        on_stop=[stop],
     )
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 
-from services.common.job_records import ENDED, Event, Job
-from services.common.job_watch import JobNotifier, timestamp
+from services.common.job_records import Event, Job
+from services.common.job_watch import JobNotifier, timestamp, watch
 from services.common.resource_names import parse_parent
 from services.common.status import status_from_dict
 from services.training.jobs import CheckpointInfo, TrainingJobs
@@ -244,17 +244,10 @@ class TrainingServicer(pb_grpc.TrainingServiceServicer):
     async def WatchTrainingJob(
         self, request: pb.WatchTrainingJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TrainingJobEvent]:
-        after = request.after_sequence
-        while True:
-            job = await asyncio.to_thread(self.jobs.get, request.name)
-            events = await asyncio.to_thread(self.jobs.events, request.name, after, 500)
-            for event in events:
-                after = event.sequence
-                yield event_to_proto(event)
-            if not events and job.state in ENDED:
-                return
-            if not events:
-                await self.notifier.wait(1.0)
+        async for event in watch(
+            self.jobs, request.name, request.after_sequence, self.notifier, event_to_proto
+        ):
+            yield event
 
     async def ListTrainingJobEvents(
         self, request: pb.ListTrainingJobEventsRequest, context: grpc.aio.ServicerContext
