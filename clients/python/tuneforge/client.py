@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,6 +31,8 @@ from tuneforge.training.v1 import training_service_pb2_grpc as training_grpc
 SERVICES = ("datasets", "training", "conversion", "inference")
 DEFAULT_PORTS = {"datasets": 50051, "training": 50052, "conversion": 50053, "inference": 50054}
 T = TypeVar("T")
+J = TypeVar("J", covariant=True)
+E = TypeVar("E")
 
 
 @dataclass(frozen=True)
@@ -360,6 +362,45 @@ class Datasets:
 ENDED_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
+class JobHandle(Protocol[J]):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    def refresh(self) -> J: ...
+
+
+def follow(
+    handle: JobHandle[J],
+    watch: Callable[[int], Iterator[E]],
+    on_event: Callable[[E], None] | None,
+    timeout_s: float | None,
+) -> J:
+    """Follows a job's events to its end, reconnecting when the stream breaks; returns the job.
+    `watch(after_sequence)` streams the events after a sequence number."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    after = 0
+    while True:
+        try:
+            for event in watch(after):
+                after = event.sequence  # type: ignore[attr-defined]
+                if on_event:
+                    on_event(event)
+        except TuneforgeError as exc:
+            if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+        job = handle.refresh()
+        if handle.state in ENDED_STATES:
+            return job
+        if deadline is not None and time.monotonic() > deadline:
+            raise TuneforgeError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"{handle.name} is still {handle.state}"
+            )
+        time.sleep(1.0)
+
+
 class TrainingJobHandle:
     """A training job: its latest state, its events, waiting for the end."""
 
@@ -389,25 +430,12 @@ class TrainingJobHandle:
         timeout_s: float | None = None,
     ) -> training_pb.TrainingJob:
         """Follows the job to its end (reconnecting if the stream breaks) and returns it."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        after = 0
-        while True:
-            try:
-                for event in self._jobs.watch(self.name, after, timeout_s=timeout_s):
-                    after = event.sequence
-                    if on_event:
-                        on_event(event)
-            except TuneforgeError as exc:
-                if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-            job = self.refresh()
-            if self.state in ENDED_STATES:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise TuneforgeError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.name} is still {self.state}"
-                )
-            time.sleep(1.0)
+        return follow(
+            self,
+            lambda after: self._jobs.watch(self.name, after, timeout_s=timeout_s),
+            on_event,
+            timeout_s,
+        )
 
     def cancel(self) -> training_pb.TrainingJob:
         self.job = self._jobs.cancel(self.name).job
@@ -557,6 +585,12 @@ class Client:
         self.models = Models(self)
         self.datasets = Datasets(self)
         self.jobs = Jobs(self)
+        from tuneforge.conversions import Conversions  # imports this module's helpers
+
+        self.conversions = Conversions(self)
+        from tuneforge.inference_client import Inference  # imports this module's helpers
+
+        self.inference = Inference(self)
 
     @property
     def parent(self) -> str:

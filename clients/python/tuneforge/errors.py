@@ -26,6 +26,11 @@ class TuneforgeError(Exception):
         self.metadata = dict(metadata or {})
         self.request_id = request_id
 
+    @property
+    def field(self) -> str:
+        """The request field the error is about ("" when it is about none)."""
+        return self.metadata.get("field", "")
+
     def __str__(self) -> str:
         head = self.code.name + (f" ({self.reason})" if self.reason else "")
         # Metadata the message already names is not repeated.

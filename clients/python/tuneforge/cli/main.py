@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tuneforge.cli import datasets, jobs, models, stack
+from tuneforge.cli import conversions, datasets, generate, jobs, models, stack
 
 app = typer.Typer(
     name="tuneforge",
@@ -18,6 +18,11 @@ app.command("status")(stack.status)
 app.add_typer(models.app, name="models")
 app.add_typer(datasets.app, name="datasets")
 app.add_typer(jobs.app, name="jobs")
+app.command("convert")(conversions.convert)
+app.add_typer(conversions.app, name="conversions")
+app.command("generate")(generate.generate)
+app.command("chat")(generate.chat)
+app.add_typer(generate.serve_app, name="serve")
 
 
 if __name__ == "__main__":
