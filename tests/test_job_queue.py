@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -64,3 +65,14 @@ def test_a_database_from_an_older_release_gains_the_new_columns(tmp_path: Path) 
     assert reopened.get("projects/p/trainingJobs/old").outputs == []
     reopened.update("projects/p/trainingJobs/old", outputs_json=["projects/p/models/m"])
     assert reopened.get("projects/p/trainingJobs/old").outputs == ["projects/p/models/m"]
+
+
+def test_workers_get_the_cpus_of_the_container_quota(tmp_path: Path) -> None:
+    from services.training.launcher import available_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # a 1-CPU limit
+    assert available_cpus(tmp_path) == 1
+    assert available_cpus(tmp_path / "missing") == affinity

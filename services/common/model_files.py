@@ -27,6 +27,8 @@ TOKENIZER_FILES = (
     "merges.txt",
     "added_tokens.json",
 )
+# A folder of verified model files that workers share across jobs (set by their service).
+MODEL_CACHE_ENV = "TUNEFORGE_MODEL_CACHE"
 # What a service needs to tokenize, render chat and read the architecture.
 TOKENIZER_AND_CONFIG = (*TOKENIZER_FILES, "generation_config.json", "config.json")
 
@@ -45,7 +47,10 @@ def read_model_manifest(store: ArtifactStore, model: str, field: str = "model") 
 
 class ModelFileCache:
     """Local copies of models' files, one folder per manifest version (its sha256), so a model
-    deleted and imported again under the same name is never served from a stale copy."""
+    deleted and imported again under the same name is never served from a stale copy.
+
+    Several processes may share one cache: each downloads into a staging folder of its own and
+    renames it into place; a folder in place is complete and never replaced."""
 
     def __init__(self, store: ArtifactStore, root: Path) -> None:
         self.store = store
@@ -75,10 +80,12 @@ class ModelFileCache:
                         expected_sha256=entry.sha256,
                     )
                 (staging / ".complete").write_text(manifest.sha256())
-                if folder.exists():
-                    shutil.rmtree(folder)
                 folder.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging, folder)
+                try:
+                    os.replace(staging, folder)
+                except OSError:
+                    if not done.exists():  # not another process's finished copy
+                        raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return folder, manifest

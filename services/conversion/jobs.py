@@ -21,7 +21,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from services.common.job_records import FAILED, PENDING, SUCCEEDED, Job, JobRecords
 from services.common.job_runner import JobRunner, worker_failed
 from services.common.manifest import Manifest
-from services.common.model_files import model_prefix, read_model_manifest
+from services.common.model_files import MODEL_CACHE_ENV, model_prefix, read_model_manifest
 from services.common.resource_names import check_id, parse_name
 from services.common.settings import StoreSettings
 from services.common.worker_process import JOB_ENV, WorkerProcess
@@ -53,6 +53,7 @@ class ConversionJobs(JobRunner):
         store: ArtifactStore,
         store_settings: StoreSettings,
         work_root: Path,
+        cache_dir: Path,
         max_concurrent: int = 1,
         cancel_grace_s: float = 5.0,
     ) -> None:
@@ -60,6 +61,8 @@ class ConversionJobs(JobRunner):
         self.store = store
         self.store_settings = store_settings
         self.work_root = work_root
+        # The service's: catalog models fetched once serve every later job.
+        self.cache_dir = cache_dir
 
     # --- create ------------------------------------------------------------------------------
 
@@ -267,6 +270,7 @@ class ConversionJobs(JobRunner):
             **os.environ,
             **self.store_settings.env(),
             JOB_ENV: job.name,
+            MODEL_CACHE_ENV: str(self.cache_dir / "models"),
             "PYTHONUNBUFFERED": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "HF_HUB_OFFLINE": "1",

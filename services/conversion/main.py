@@ -33,6 +33,7 @@ def build_service(settings: ServiceSettings, store: StoreSettings | None = None)
         artifacts,
         store_settings,
         work_root=settings.data_dir(NAME) / "jobs",
+        cache_dir=settings.home / "cache",
         max_concurrent=settings.max_concurrent_jobs,
     )
     notifier = JobNotifier()

@@ -11,6 +11,7 @@ and a reader never sees half a model.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import traceback
@@ -20,7 +21,7 @@ from typing import Any
 from services.common.artifact_store import ArtifactStore
 from services.common.errors import AlreadyExists, FailedPrecondition, TuneforgeError
 from services.common.manifest import Manifest
-from services.common.model_files import ModelFileCache, model_prefix
+from services.common.model_files import MODEL_CACHE_ENV, ModelFileCache, model_prefix
 from services.common.settings import StoreSettings
 from services.common.worker_process import format_event
 from services.conversion.export import export_onnx
@@ -149,7 +150,9 @@ def run(config: ConversionConfig, store: ArtifactStore, work: Path, report: Repo
         return
 
     report.stage("DOWNLOADING")
-    cache = ModelFileCache(store, work / "cache" / "models")
+    cache = ModelFileCache(
+        store, Path(os.environ.get(MODEL_CACHE_ENV) or work / "cache" / "models")
+    )
     base_dir, base_manifest = cache.fetch(config.base_model, field="source_model")
     adapter_dir: Path | None = None
     adapter_manifest: Manifest | None = None

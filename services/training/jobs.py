@@ -81,7 +81,7 @@ class TrainingJobs(JobRunner):
         store_settings: StoreSettings,
         datasets: DatasetLookup,
         work_root: Path,
-        extensions_dir: Path,
+        cache_dir: Path,
         max_concurrent: int = 1,
         hardware: hp.Hardware | None = None,
         cancel_grace_s: float = 5.0,
@@ -91,7 +91,7 @@ class TrainingJobs(JobRunner):
         self.store_settings = store_settings
         self.datasets = datasets
         self.work_root = work_root
-        self.extensions_dir = extensions_dir
+        self.cache_dir = cache_dir
         self.hardware = hardware or hp.detect_hardware()
 
     # --- create ------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ class TrainingJobs(JobRunner):
             WorkerConfig.model_validate(job.resolved),
             self.work_root / job.project / job.job_id,
             self.store_settings,
-            self.extensions_dir,
+            self.cache_dir,
             on_event=lambda event: self.on_event(job.name, event),
             on_log=lambda line: self._on_log(job.name, line),
         )

@@ -9,9 +9,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from services.common.model_files import MODEL_CACHE_ENV
 from services.common.settings import StoreSettings
 from services.common.worker_process import JOB_ENV, WorkerProcess
 from services.training.worker_config import EVENT_TYPES, WorkerConfig
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's
+    CPU limit), which os.cpu_count() does not see."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, int(int(quota) / int(period))))
 
 
 def free_port() -> int:
@@ -24,13 +38,16 @@ def worker_group(
     config: WorkerConfig,
     work_dir: Path,
     store: StoreSettings,
-    extensions_dir: Path,
+    cache_dir: Path,
     on_event: Callable[[dict[str, Any]], None],
     on_log: Callable[[str], None],
 ) -> WorkerProcess:
-    """The (not yet started) torchrun group that trains `config`'s job in `work_dir`."""
+    """The (not yet started) torchrun group that trains `config`'s job in `work_dir`.
+
+    `cache_dir` is the service's: built kernels and catalog models (verified, one folder per
+    manifest version) are kept there for every later job."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    extensions_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     config.to_file(work_dir / "job.json")
     procs = config.distribution.processes_per_node
     cmd = [
@@ -54,8 +71,9 @@ def worker_group(
         **store.env(),
         JOB_ENV: config.job,
         # The deepspeed launcher leaves this unset; ZeRO-3 ran 10x slower without it.
-        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs)),
-        "TORCH_EXTENSIONS_DIR": str(extensions_dir),
+        "OMP_NUM_THREADS": str(max(1, available_cpus() // procs)),
+        "TORCH_EXTENSIONS_DIR": str(cache_dir / "torch_extensions"),
+        MODEL_CACHE_ENV: str(cache_dir / "models"),
         "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",

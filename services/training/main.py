@@ -41,7 +41,7 @@ def build_service(settings: ServiceSettings, store: StoreSettings | None = None)
         store_settings,
         datasets,
         work_root=data_dir / "jobs",
-        extensions_dir=settings.home / "cache" / "torch_extensions",
+        cache_dir=settings.home / "cache",
         max_concurrent=settings.max_concurrent_jobs,
     )
     notifier = JobNotifier()

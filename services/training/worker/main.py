@@ -20,7 +20,7 @@ import torch
 from services.common.artifact_store import ArtifactStore
 from services.common.chat_template import ChatTokenizer
 from services.common.errors import InvalidArgument, TuneforgeError
-from services.common.model_files import ModelFileCache
+from services.common.model_files import MODEL_CACHE_ENV, ModelFileCache
 from services.common.settings import StoreSettings
 from services.training.worker import checkpoints, output
 from services.training.worker.data import ShardedBatches, fill_ratio, pack, read_rows, tokenize
@@ -160,7 +160,7 @@ def _train(
 
     # Rank 0 downloads model and data; the others then find them complete in the same cache.
     cache = work / "cache"
-    models = ModelFileCache(store, cache / "models")
+    models = ModelFileCache(store, Path(os.environ.get(MODEL_CACHE_ENV) or cache / "models"))
     if main_rank:
         base_dir, base_manifest = models.fetch(config.base_model, field="base_model")
         train_paths = _download_data(store, config.train_files, cache / "data", True)
