@@ -73,6 +73,20 @@ def store_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSe
         stop_object_store(process.pid)
 
 
+@contextlib.contextmanager
+def scratch_bucket(store_settings: StoreSettings, prefix: str = "t") -> Iterator[StoreSettings]:
+    """Settings for a fresh bucket of the session's store, removed with its objects afterwards:
+    SeaweedFS gives every bucket volumes of its own, and leftover buckets run it out of them."""
+    settings = store_settings.model_copy(update={"bucket": f"{prefix}-{uuid.uuid4().hex[:12]}"})
+    try:
+        yield settings
+    finally:
+        store = ArtifactStore(settings)
+        with contextlib.suppress(Exception):
+            store.remove_bucket()
+        store.close()
+
+
 @pytest.fixture
 def artifact_store(store_settings: StoreSettings) -> Iterator[ArtifactStore]:
     """An ArtifactStore on a fresh bucket of its own, removed afterwards (best effort)."""

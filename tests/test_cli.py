@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import scratch_bucket
 
 from services.common.artifact_store import ArtifactStore
 from services.common.settings import StoreSettings
@@ -23,8 +23,10 @@ from tuneforge.testing import local_services
 def cli(
     store_settings: StoreSettings, tmp_path: Path
 ) -> Iterator[tuple[dict[str, str], StoreSettings]]:
-    settings = store_settings.model_copy(update={"bucket": f"c-{uuid.uuid4().hex[:12]}"})
-    with local_services(settings, tmp_path / "server", services=["training"]) as client:
+    with (
+        scratch_bucket(store_settings, "c") as settings,
+        local_services(settings, tmp_path / "server", services=["training"]) as client,
+    ):
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
         env["TUNEFORGE_HOME"] = str(tmp_path / "user-home")
         env["TUNEFORGE_TRAINING_TARGET"] = client.targets["training"]
@@ -96,8 +98,10 @@ def test_import_smollm2_gguf(cli) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def cli_with_datasets(store_settings: StoreSettings, tmp_path: Path) -> Iterator[dict[str, str]]:
-    settings = store_settings.model_copy(update={"bucket": f"c-{uuid.uuid4().hex[:12]}"})
-    with local_services(settings, tmp_path / "server", services=["training", "datasets"]) as c:
+    with (
+        scratch_bucket(store_settings, "c") as settings,
+        local_services(settings, tmp_path / "server", services=["training", "datasets"]) as c,
+    ):
         c.models.import_model("tiny", preset="tiny-llama")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}
         env["TUNEFORGE_HOME"] = str(tmp_path / "user-home")

@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from conftest import scratch_bucket
 
 from services.common.artifact_store import ArtifactStore
 from services.common.model_files import model_prefix
@@ -35,8 +35,9 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def bucket(store_settings: StoreSettings) -> StoreSettings:
-    return store_settings.model_copy(update={"bucket": f"t-{uuid.uuid4().hex[:12]}"})
+def bucket(store_settings: StoreSettings) -> Iterator[StoreSettings]:
+    with scratch_bucket(store_settings, "cv") as settings:
+        yield settings
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +243,31 @@ def test_the_cli_converts_with_wait_and_shows_the_report(client: Client, tmp_pat
     refused = tf("convert", "--model", "missing", "--json")
     assert refused.returncode == 1
     assert json.loads(refused.stdout)["error"]["code"] == "NOT_FOUND"
+
+
+def test_a_conversion_interrupted_by_a_service_restart_completes(
+    client: Client, bucket: StoreSettings, tmp_path: Path
+) -> None:
+    adapter = adapter_name(client)
+    home = tmp_path / "conversion-home"
+    with local_services(bucket, home, services=["conversion"]) as first:
+        handle = first.conversions.create(
+            adapter, precision="fp32", max_rows=2, job_id="restart", output_model_id="restarted"
+        )
+        for event in handle.events():
+            if event.HasField("progress") and event.progress.stage >= pb.ConversionJob.EXPORTING:
+                break
+    # The service stopped mid-job: the job went back to the queue, with nothing published.
+    with pytest.raises(TuneforgeError):
+        client.models.get("restarted")
+
+    with local_services(bucket, home, services=["conversion"]) as second:
+        job = second.conversions.get("restart").wait(timeout_s=600)
+        assert job.state == pb.ConversionJob.SUCCEEDED, job.error.message
+        reasons = [
+            e.state_change.reason
+            for e in second.conversions.watch("restart")
+            if e.HasField("state_change")
+        ]
+    assert any("stopping" in r for r in reasons), reasons
+    assert client.models.get("restarted").kind == models_pb.Model.ONNX

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from conftest import scratch_bucket
 
 from services.common.artifact_store import ArtifactStore
 from services.common.settings import StoreSettings
@@ -32,8 +32,9 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 @pytest.fixture
-def bucket_settings(store_settings: StoreSettings) -> StoreSettings:
-    return store_settings.model_copy(update={"bucket": f"d-{uuid.uuid4().hex[:12]}"})
+def bucket_settings(store_settings: StoreSettings) -> Iterator[StoreSettings]:
+    with scratch_bucket(store_settings, "d") as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -137,7 +137,7 @@ def catalog(
     work = tmp_path_factory.mktemp("inference-catalog")
     settings = store_settings.model_copy(update={"bucket": f"inf-{uuid.uuid4().hex[:12]}"})
     store = ArtifactStore(settings)
-    store.ensure_bucket()
+    store.ensure_bucket()  # removed with its objects at the end
     models = ModelCatalog(store, work / "work")
     long_src = str(long_context_model(work / "long-src"))
     for model_id, source in (

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from conftest import scratch_bucket
 
 from services.common.artifact_store import ArtifactStore
 from services.common.settings import StoreSettings
@@ -19,8 +19,9 @@ from tuneforge.training.v1 import model_service_pb2 as pb
 
 
 @pytest.fixture
-def bucket_settings(store_settings: StoreSettings) -> StoreSettings:
-    return store_settings.model_copy(update={"bucket": f"m-{uuid.uuid4().hex[:12]}"})
+def bucket_settings(store_settings: StoreSettings) -> Iterator[StoreSettings]:
+    with scratch_bucket(store_settings, "m") as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import scratch_bucket
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -122,24 +123,6 @@ def test_client_request_id_is_kept(scripted) -> None:  # type: ignore[no-untyped
     assert TuneforgeError.from_rpc_error(info.value).request_id == "req-42"
 
 
-def test_unimplemented_methods_say_so(tmp_path: Path) -> None:
-    # Evaluations (the end-to-end issue) are the one API whose methods are not built yet.
-    thread = ServiceThread("inference", ServiceSettings(home=tmp_path), StoreSettings())
-    address = thread.start()
-    try:
-        with grpc.insecure_channel(address) as channel:
-            from tuneforge.inference.v1 import evaluation_service_pb2 as ev
-            from tuneforge.inference.v1 import evaluation_service_pb2_grpc as ev_grpc
-
-            with pytest.raises(grpc.RpcError) as info:
-                ev_grpc.EvaluationServiceStub(channel).GetEvaluation(
-                    ev.GetEvaluationRequest(name="projects/p/evaluations/e"), timeout=5
-                )
-            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    finally:
-        thread.stop(grace_s=1)
-
-
 def test_health_and_reflection_list_the_services(scripted) -> None:  # type: ignore[no-untyped-def]
     _thread, _stub, channel = scripted
     health = health_pb2_grpc.HealthStub(channel)
@@ -201,6 +184,11 @@ def _free_port() -> int:
 
 def test_sigterm_drains_an_in_flight_import(store_settings: StoreSettings, tmp_path: Path) -> None:
     """A real training service process: SIGTERM during an import lets the import finish."""
+    with scratch_bucket(store_settings, "drain") as bucket:
+        _drains(bucket, tmp_path)
+
+
+def _drains(store_settings: StoreSettings, tmp_path: Path) -> None:
     port = _free_port()
     env = {
         **os.environ,
@@ -209,7 +197,7 @@ def test_sigterm_drains_an_in_flight_import(store_settings: StoreSettings, tmp_p
         "TUNEFORGE_S3_ENDPOINT": store_settings.endpoint,
         "TUNEFORGE_S3_ACCESS_KEY": store_settings.access_key,
         "TUNEFORGE_S3_SECRET_KEY": store_settings.secret_key.get_secret_value(),
-        "TUNEFORGE_S3_BUCKET": "drain-test",
+        "TUNEFORGE_S3_BUCKET": store_settings.bucket,
         "TUNEFORGE_GRACE_S": "60",
         "HF_HUB_OFFLINE": "1",
     }

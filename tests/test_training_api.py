@@ -4,12 +4,12 @@ validation, auto hyperparameters, idempotency, queue order, cancel and delete.""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from conftest import scratch_bucket
 
 from services.common.settings import StoreSettings
 from tuneforge import Client, TuneforgeError
@@ -19,10 +19,12 @@ from tuneforge.training.v1 import training_service_pb2 as pb
 
 @pytest.fixture
 def client(store_settings: StoreSettings, tmp_path: Path) -> Iterator[Client]:
-    settings = store_settings.model_copy(update={"bucket": f"j-{uuid.uuid4().hex[:12]}"})
-    with local_services(
-        settings, tmp_path / "home", services=["datasets", "training"], max_concurrent_jobs=0
-    ) as c:
+    with (
+        scratch_bucket(store_settings, "j") as settings,
+        local_services(
+            settings, tmp_path / "home", services=["datasets", "training"], max_concurrent_jobs=0
+        ) as c,
+    ):
         c.models.import_model("tiny", preset="tiny-llama")
         rows = [
             {

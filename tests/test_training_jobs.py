@@ -10,13 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
+from conftest import scratch_bucket
 
 from services.common.artifact_store import ArtifactStore
 from services.common.settings import StoreSettings
@@ -51,8 +51,9 @@ def upload_rows(client: Client, tmp_path: Path, dataset_id: str = "words") -> No
 
 
 @pytest.fixture
-def bucket(store_settings: StoreSettings) -> StoreSettings:
-    return store_settings.model_copy(update={"bucket": f"t-{uuid.uuid4().hex[:12]}"})
+def bucket(store_settings: StoreSettings) -> Iterator[StoreSettings]:
+    with scratch_bucket(store_settings, "t") as settings:
+        yield settings
 
 
 @pytest.fixture
