@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROTOS = ROOT / "protos"
 THIRD_PARTY = ROOT / "third_party" / "protos"
 OUT = ROOT / "clients" / "python"
-PACKAGES = ["common", "datasets", "training", "conversion", "inference"]
+# Generated packages, as folders under tuneforge/ (oip: the Open Inference Protocol).
+PACKAGES = ["common/v1", "datasets/v1", "training/v1", "conversion/v1", "inference/v1", "oip/v2"]
 
 
 def generate(out: Path) -> list[Path]:
@@ -45,12 +46,12 @@ def generate(out: Path) -> list[Path]:
     subprocess.run(cmd, check=True, cwd=PROTOS)
     generated = []
     for pkg in PACKAGES:
-        v1 = out / "tuneforge" / pkg / "v1"
-        for folder in (v1.parent, v1):
+        version = out / "tuneforge" / pkg
+        for folder in (version.parent, version):
             init = folder / "__init__.py"
             if not init.exists():
                 init.write_text('"""Generated from protos/; do not edit."""\n')
-        generated.extend(sorted(v1.iterdir()))
+        generated.extend(sorted(version.iterdir()))
     return [p for p in generated if p.suffix in {".py", ".pyi"}]
 
 
@@ -63,7 +64,7 @@ def check() -> int:
             if not committed.exists() or not filecmp.cmp(path, committed, shallow=False):
                 drift.append(str(committed.relative_to(ROOT)))
         for pkg in PACKAGES:
-            for committed in (OUT / "tuneforge" / pkg / "v1").glob("*_pb2*.py*"):
+            for committed in (OUT / "tuneforge" / pkg).glob("*_pb2*.py*"):
                 if not (Path(tmp) / committed.relative_to(OUT)).exists():
                     drift.append(f"{committed.relative_to(ROOT)} (no longer generated)")
     if drift:

@@ -115,7 +115,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         job, served = await self._submit(request, self._prompt(request))
-        return await _collect(job, served)
+        return await collect(job, served)
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -129,7 +129,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> pb.GenerateResponse:
         prompt = Prompt(messages=messages_from_proto(list(request.messages)))
         job, served = await self._submit(request, prompt)
-        return await _collect(job, served)
+        return await collect(job, served)
 
     async def ChatStream(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
@@ -166,7 +166,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return empty_pb2.Empty()
 
 
-async def _collect(job: GenerationJob, served: ServedModel) -> pb.GenerateResponse:
+async def collect(job: GenerationJob, served: ServedModel) -> pb.GenerateResponse:
+    """The whole generation as one response (what unary calls return)."""
     parts: list[str] = []
     final: Finished | None = None
     try:

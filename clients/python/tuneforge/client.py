@@ -591,6 +591,9 @@ class Client:
         from tuneforge.inference_client import Inference  # imports this module's helpers
 
         self.inference = Inference(self)
+        from tuneforge.evaluations import Evaluations  # imports this module's helpers
+
+        self.evaluations = Evaluations(self)
 
     @property
     def parent(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tuneforge.cli import conversions, datasets, generate, jobs, models, stack
+from tuneforge.cli import conversions, datasets, evaluate, generate, jobs, models, stack
 
 app = typer.Typer(
     name="tuneforge",
@@ -23,6 +23,7 @@ app.add_typer(conversions.app, name="conversions")
 app.command("generate")(generate.generate)
 app.command("chat")(generate.chat)
 app.add_typer(generate.serve_app, name="serve")
+app.command("eval")(evaluate.evaluate)
 
 
 if __name__ == "__main__":
