@@ -9,14 +9,17 @@ a clean exit is worth.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.artifact_store import ArtifactStore
+from services.common.errors import FailedPrecondition, InvalidArgument, StoreUnavailable
 from services.common.job_records import (
     ACTIVE,
     CANCELLED,
@@ -29,6 +32,7 @@ from services.common.job_records import (
     Job,
     JobRecords,
 )
+from services.common.job_watch import JobNotifier
 from services.common.resource_names import (
     cut_page,
     decode_page_token,
@@ -285,3 +289,49 @@ class JobRunner:
             threads = [self._supervisors[n] for n in workers if n in self._supervisors]
         for thread in threads:
             thread.join(timeout=grace_s + 10)
+
+
+class JobScheduling:
+    """A JobRunner's life in its service's event loop: on start, recover what an earlier process
+    left and start the scheduler (every `every_s`, and at once when a job has news); on stop,
+    stop the scheduler and the running workers (their jobs go back to the queue)."""
+
+    def __init__(
+        self,
+        jobs: JobRunner,
+        store: ArtifactStore,
+        notifier: JobNotifier,
+        every_s: float = 1.0,
+    ) -> None:
+        self.jobs = jobs
+        self.store = store
+        self.notifier = notifier
+        self.every_s = every_s
+        self._task: asyncio.Task[None] | None = None
+        jobs.notify = notifier.notify
+
+    async def _schedule(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.jobs.schedule)
+            except Exception:
+                log.exception("schedule_failed")
+            await self.notifier.wait(self.every_s)
+
+    async def start(self) -> None:
+        self.notifier.bind()
+        # The service starts even when the store is down; calls that need it answer UNAVAILABLE.
+        try:
+            await asyncio.to_thread(self.store.ensure_bucket)
+        except StoreUnavailable as exc:
+            log.warning("store_unavailable_at_start", error=exc.message)
+        for name in await asyncio.to_thread(self.jobs.recover):
+            log.info("job_requeued_after_restart", job=name)
+        self._task = asyncio.create_task(self._schedule())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.to_thread(self.jobs.shutdown)

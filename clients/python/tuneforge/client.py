@@ -109,6 +109,18 @@ def call(fn: Callable[..., T], request: Any, timeout: float, **kwargs: Any) -> T
         raise TuneforgeError.from_rpc_error(exc) from None
 
 
+def server_stream(method: Callable[..., Any], request: Any, timeout: float) -> Iterator[Any]:
+    """The messages of a server-streaming call, turning grpc.RpcError into TuneforgeError; the
+    call is cancelled when the caller stops iterating."""
+    stream = method(request, timeout=timeout)
+    try:
+        yield from stream
+    except grpc.RpcError as exc:
+        raise TuneforgeError.from_rpc_error(exc) from None
+    finally:
+        stream.cancel()
+
+
 def pages(
     method: Callable[..., Any],
     make_request: Callable[[str], Any],
@@ -537,15 +549,9 @@ class Jobs:
         request = training_pb.WatchTrainingJobRequest(
             name=self.job_name(job), after_sequence=after_sequence
         )
-        stream = self._stub.WatchTrainingJob(
-            request, timeout=timeout_s or self._client.config.long_timeout_s
+        return server_stream(
+            self._stub.WatchTrainingJob, request, timeout_s or self._client.config.long_timeout_s
         )
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise TuneforgeError.from_rpc_error(exc) from None
-        finally:
-            stream.cancel()
 
     def events(self, job: str, filter: str = "") -> Iterator[training_pb.TrainingJobEvent]:
         return pages(

@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-import grpc
-
-from tuneforge.client import call, follow, pages
+from tuneforge.client import call, follow, pages, server_stream
 from tuneforge.conversion.v1 import conversion_service_pb2 as pb
 from tuneforge.conversion.v1 import conversion_service_pb2_grpc as pb_grpc
-from tuneforge.errors import TuneforgeError
 
 if TYPE_CHECKING:
     from tuneforge.client import Client
@@ -154,12 +151,6 @@ class Conversions:
         request = pb.WatchConversionJobRequest(
             name=self.job_name(job), after_sequence=after_sequence
         )
-        stream = self._stub.WatchConversionJob(
-            request, timeout=timeout_s or self._client.config.long_timeout_s
+        return server_stream(
+            self._stub.WatchConversionJob, request, timeout_s or self._client.config.long_timeout_s
         )
-        try:
-            yield from stream
-        except grpc.RpcError as exc:
-            raise TuneforgeError.from_rpc_error(exc) from None
-        finally:
-            stream.cancel()
