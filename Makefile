@@ -6,7 +6,7 @@ BUF := tools/node_modules/.bin/buf
 # buf breaking compares protos/ with this git ref (CI: the previous commit of main).
 BREAKING_AGAINST ?= main
 
-.PHONY: setup protos check lint typecheck proto-lint proto-breaking proto-drift test test-slow demo clean
+.PHONY: setup protos docs check lint typecheck proto-lint proto-breaking proto-drift docs-check test test-slow test-node demo clean
 
 setup: $(VENV)/.setup-done $(BUF)
 
@@ -26,8 +26,14 @@ $(BUF): tools/package.json tools/package-lock.json
 
 protos: setup
 	$(PY) scripts/gen_protos.py
+	$(PY) scripts/gen_api_docs.py
 
-check: lint typecheck proto-lint proto-breaking proto-drift
+# docs/api.md from the protos' comments, docs/configuration.md from the settings classes.
+docs: setup
+	$(PY) scripts/gen_api_docs.py
+	$(PY) scripts/gen_config_docs.py
+
+check: lint typecheck proto-lint proto-breaking proto-drift docs-check
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -45,11 +51,19 @@ proto-breaking: setup
 proto-drift: setup
 	$(PY) scripts/gen_protos.py --check
 
+docs-check: setup
+	$(PY) scripts/gen_api_docs.py --check
+	$(PY) scripts/gen_config_docs.py --check
+
 test: setup
 	$(VENV)/bin/pytest -q
 
 test-slow: setup
 	$(VENV)/bin/pytest -q -m slow
+
+# The Node/TypeScript client's tests against a stack of its own (needs npm).
+test-node: setup
+	PATH=$(abspath $(VENV))/bin:$$PATH scripts/test_node_client.sh
 
 demo: setup
 	PATH=$(abspath $(VENV))/bin:$$PATH scripts/demo.sh

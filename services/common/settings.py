@@ -25,13 +25,17 @@ class StoreSettings(BaseSettings):
 
     # host:port, or an http(s):// URL.
     endpoint: str = "127.0.0.1:8333"
+    # Credentials of an S3 user that may read and write the bucket.
     access_key: str = ""
     secret_key: SecretStr = SecretStr("")
+    # The one bucket every artifact (datasets, models, checkpoints, reports) lives in.
     bucket: str = "tuneforge"
     region: str = "us-east-1"
+    # TLS to the store (also implied by an https:// endpoint).
     secure: bool = False
     # How long one store operation keeps retrying connection errors before UNAVAILABLE.
     deadline_s: float = 15.0
+    # Socket timeouts of one HTTP request to the store.
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 60.0
     # Multipart part size for uploads; memory per transfer stays near this size.
@@ -62,14 +66,18 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TUNEFORGE_", extra="ignore")
 
+    # State, work directories, caches and logs of the services (and the embedded store's data).
     home: Path = Field(default_factory=default_home)
+    # The project resources are created in when a request names none.
     project: str = "default"
     # Address the services listen on; each service has its own port (0 picks a free one).
     host: str = "127.0.0.1"
+    # Each service's gRPC port.
     datasets_port: int = DEFAULT_PORTS["datasets"]
     training_port: int = DEFAULT_PORTS["training"]
     conversion_port: int = DEFAULT_PORTS["conversion"]
     inference_port: int = DEFAULT_PORTS["inference"]
+    # debug, info, warning or error.
     log_level: str = "info"
     # "json" in services, "console" for people.
     log_format: str = "json"
@@ -84,7 +92,7 @@ class ServiceSettings(BaseSettings):
     inference_target: str = f"127.0.0.1:{DEFAULT_PORTS['inference']}"
     # SQLAlchemy URL of the service's job database; default: SQLite under data_dir.
     database_url: str = ""
-    # Training jobs that run at once (each a worker process group).
+    # Jobs of a service (training, conversion) that run at once, each in its worker processes.
     max_concurrent_jobs: int = 1
 
     def port_for(self, service: str) -> int:
