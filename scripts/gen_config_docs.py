@@ -29,7 +29,11 @@ from pydantic_settings import BaseSettings
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "configuration.md"
 # Modules whose BaseSettings classes are documented, in this order (classes in source order).
-SOURCES = ["services.common.settings", "services.inference.settings"]
+SOURCES = [
+    "services.common.settings",
+    "services.inference.settings",
+    "services.training.kubernetes_launcher",
+]
 
 INTRO = """\
 # Configuration

@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.settings import DEFAULT_PORTS, ServiceSettings, StoreSettings
 from services.inference.settings import InferenceSettings
+from services.training.kubernetes_launcher import KubernetesSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -292,6 +293,8 @@ def known_settings() -> set[str]:
     names = {f"TUNEFORGE_{f.upper()}" for f in ServiceSettings.model_fields}
     names |= {f"TUNEFORGE_S3_{f.upper()}" for f in StoreSettings.model_fields}
     names |= {f"TUNEFORGE_INFERENCE_{f.upper()}" for f in InferenceSettings.model_fields}
+    names |= {f"TUNEFORGE_K8S_{f.upper()}" for f in KubernetesSettings.model_fields}
+    names.add("TUNEFORGE_TRAINING_LAUNCHER")
     return names
 
 

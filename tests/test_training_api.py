@@ -151,3 +151,23 @@ def test_a_streaming_call_maps_errors_too(client: Client) -> None:
     assert err.code == grpc.StatusCode.NOT_FOUND
     assert err.reason == "RESOURCE_NOT_FOUND"
     assert err.metadata["resource"] == "projects/default/trainingJobs/missing"
+
+
+def test_a_multi_node_job_asks_for_the_kubernetes_launcher(client: Client) -> None:
+    with pytest.raises(TuneforgeError) as refused:
+        client.jobs.create("tiny", "sums", nodes=2)
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.field.startswith("training_job.distribution")
+
+    job = client.jobs.create(
+        "tiny",
+        "sums",
+        nodes=2,
+        processes_per_node=4,
+        zero_stage=3,
+        launcher="kubernetes",
+        kubernetes={"gpus_per_node": 4, "runtime": "torch-distributed"},
+    ).job
+    assert job.distribution.nodes == 2 and job.distribution.launcher == pb.KUBERNETES
+    assert job.distribution.kubernetes.gpus_per_node == 4
+    assert job.distribution.kubernetes.runtime == "torch-distributed"

@@ -29,6 +29,13 @@ from services.common.resource_names import (
 from services.common.settings import StoreSettings
 from services.common.worker_process import WorkerProcess
 from services.training import hyperparameters as hp
+from services.training.kubernetes_launcher import (
+    KubernetesApi,
+    KubernetesSettings,
+    KubernetesWorker,
+    job_launcher,
+    placement,
+)
 from services.training.launcher import worker_group
 from services.training.worker_config import OutputSpec, WorkerConfig
 
@@ -85,8 +92,14 @@ class TrainingJobs(JobRunner):
         max_concurrent: int = 1,
         hardware: hp.Hardware | None = None,
         cancel_grace_s: float = 5.0,
+        kubernetes: KubernetesSettings | None = None,
+        kubernetes_api: KubernetesApi | None = None,
     ) -> None:
         super().__init__(records, max_concurrent, cancel_grace_s)
+        # The kubernetes launcher (multi-node jobs as Kubeflow Trainer TrainJobs); by default
+        # only jobs that ask for it (distribution.launcher KUBERNETES) use it.
+        self.kubernetes = kubernetes or KubernetesSettings(launcher="local")
+        self._kubernetes_api = kubernetes_api
         self.store = store
         self.store_settings = store_settings
         self.datasets = datasets
@@ -241,8 +254,22 @@ class TrainingJobs(JobRunner):
     # --- workers ------------------------------------------------------------------------------
 
     def make_worker(self, job: Job) -> WorkerProcess:
+        config = WorkerConfig.model_validate(job.resolved)
+        if job_launcher(job.spec, self.kubernetes) == "kubernetes":
+            if self._kubernetes_api is None:
+                self._kubernetes_api = KubernetesApi.from_settings(self.kubernetes)
+            return KubernetesWorker(
+                config,
+                placement(job.spec, self.kubernetes),
+                self.kubernetes,
+                self._kubernetes_api,
+                on_event=lambda event: self.on_event(job.name, event),
+                on_log=lambda line: self._on_log(job.name, line),
+                # A stopping service leaves the TrainJob running; the next one adopts it.
+                detach_on_stop=lambda: self._shutting_down,
+            )
         return worker_group(
-            WorkerConfig.model_validate(job.resolved),
+            config,
             self.work_root / job.project / job.job_id,
             self.store_settings,
             self.cache_dir,

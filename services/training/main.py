@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import structlog
 
 from services.common.artifact_store import ArtifactStore
 from services.common.database import Database
-from services.common.errors import StoreUnavailable
+from services.common.job_runner import JobScheduling
 from services.common.job_watch import JobNotifier
 from services.common.server import Service, Servicer, run_service
 from services.common.settings import ServiceSettings, StoreSettings
 from services.training.datasets_client import GrpcDatasetLookup
 from services.training.job_records import training_job_records
 from services.training.jobs import TrainingJobs
+from services.training.kubernetes_launcher import KubernetesSettings
 from services.training.model_catalog import ModelCatalog
 from services.training.model_servicer import ModelServicer
 from services.training.training_servicer import TrainingServicer
@@ -43,36 +41,13 @@ def build_service(settings: ServiceSettings, store: StoreSettings | None = None)
         work_root=data_dir / "jobs",
         cache_dir=settings.home / "cache",
         max_concurrent=settings.max_concurrent_jobs,
+        kubernetes=KubernetesSettings(),
     )
     notifier = JobNotifier()
-    jobs.notify = notifier.notify
-    tasks: list[asyncio.Task[None]] = []
-
-    async def scheduler() -> None:
-        while True:
-            try:
-                await asyncio.to_thread(jobs.schedule)
-            except Exception:
-                log.exception("schedule_failed")
-            await notifier.wait(SCHEDULE_EVERY_S)
-
-    async def start() -> None:
-        notifier.bind()
-        # The service starts even when the store is down; calls that need it answer UNAVAILABLE.
-        try:
-            await asyncio.to_thread(artifacts.ensure_bucket)
-        except StoreUnavailable as exc:
-            log.warning("store_unavailable_at_start", error=exc.message)
-        for name in await asyncio.to_thread(jobs.recover):
-            log.info("job_requeued_after_restart", job=name)
-        tasks.append(asyncio.create_task(scheduler()))
+    scheduling = JobScheduling(jobs, artifacts, notifier)
 
     async def stop() -> None:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await asyncio.to_thread(jobs.shutdown)
+        await scheduling.stop()
         datasets.close()
         db.close()
 
@@ -90,7 +65,7 @@ def build_service(settings: ServiceSettings, store: StoreSettings | None = None)
                 training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
             ),
         ],
-        on_start=[start],
+        on_start=[scheduling.start],
         on_stop=[stop],
     )
 

@@ -119,6 +119,7 @@ def job_to_proto(job: Job) -> pb.TrainingJob:
             offload_optimizer=bool(dist.get("offload_optimizer", False)),
             offload_parameters=bool(dist.get("offload_parameters", False)),
             launcher=dist.get("launcher", "LAUNCHER_UNSPECIFIED"),
+            kubernetes=pb.KubernetesConfig(**(dist.get("kubernetes") or {})),
         )
     )
     if hp:

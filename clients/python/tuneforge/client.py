@@ -477,6 +477,9 @@ class Jobs:
         zero_stage: int = 0,
         offload_optimizer: bool = False,
         offload_parameters: bool = False,
+        nodes: int = 0,
+        launcher: str = "",
+        kubernetes: Mapping[str, Any] | None = None,
         seed: int = 0,
         suffix: str = "",
         priority: int = 0,
@@ -486,7 +489,9 @@ class Jobs:
         request_id: str = "",
     ) -> TrainingJobHandle:
         """Queues a fine-tuning job. Unset hyperparameters are chosen from the model and data;
-        `hyperparameters` takes the fields of tuneforge.training.v1.Hyperparameters."""
+        `hyperparameters` takes the fields of tuneforge.training.v1.Hyperparameters. `nodes` > 1
+        needs launcher="kubernetes" (a Kubeflow Trainer TrainJob; `kubernetes` takes the fields
+        of KubernetesConfig: namespace, runtime, gpus_per_node, image)."""
         job = training_pb.TrainingJob(
             display_name=display_name,
             base_model=self._client.model_name(model),
@@ -499,9 +504,12 @@ class Jobs:
             lora=training_pb.LoraConfig(**dict(lora or {})),
             distribution=training_pb.DistributionConfig(
                 processes_per_node=processes_per_node,
+                nodes=nodes,
                 zero_stage=zero_stage,
                 offload_optimizer=offload_optimizer,
                 offload_parameters=offload_parameters,
+                launcher=launcher.upper() if launcher else "LAUNCHER_UNSPECIFIED",
+                kubernetes=training_pb.KubernetesConfig(**dict(kubernetes or {})),
             ),
             suffix=suffix,
             seed=seed,

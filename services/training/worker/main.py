@@ -136,8 +136,15 @@ def _train(
     dist_cfg = config.distribution
     main_rank = dist_info.is_main
     adapter = config.method in ADAPTER_METHODS
-    if dist_cfg.nodes != 1:
-        raise InvalidArgument("the worker runs on one node", field="distribution.nodes")
+    # More than one node: a launcher (Kubeflow Trainer) started every rank; their number must
+    # be the job's, or the batch size and the data shards the service planned would not hold.
+    expected = dist_cfg.nodes * dist_cfg.processes_per_node
+    if dist_cfg.nodes > 1 and dist_info.world_size != expected:
+        raise InvalidArgument(
+            f"{dist_cfg.nodes} nodes x {dist_cfg.processes_per_node} processes need "
+            f"{expected} ranks; the launcher started {dist_info.world_size}",
+            field="distribution.nodes",
+        )
     if config.method == "qlora" and dist_cfg.zero_stage == 3:
         raise InvalidArgument(
             "QLoRA cannot run under ZeRO-3 (4-bit weights cannot be partitioned); use stage 0-2",

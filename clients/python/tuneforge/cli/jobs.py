@@ -110,6 +110,13 @@ def create(
     zero_stage: Annotated[int, typer.Option("--zero-stage", help="DeepSpeed ZeRO 0-3.")] = 0,
     offload_optimizer: Annotated[bool, typer.Option("--offload-optimizer")] = False,
     offload_parameters: Annotated[bool, typer.Option("--offload-parameters")] = False,
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes (>1: --launcher kubernetes).")] = 0,
+    launcher: Annotated[
+        str, typer.Option("--launcher", help="local, or kubernetes (a Kubeflow TrainJob).")
+    ] = "",
+    k8s_namespace: Annotated[str, typer.Option("--k8s-namespace")] = "",
+    k8s_runtime: Annotated[str, typer.Option("--k8s-runtime", help="e.g. torch-distributed")] = "",
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node")] = 0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     suffix: Annotated[str, typer.Option("--suffix", help="Part of the output model's id.")] = "",
     priority: Annotated[int, typer.Option("--priority")] = 0,
@@ -152,6 +159,17 @@ def create(
             zero_stage=zero_stage,
             offload_optimizer=offload_optimizer,
             offload_parameters=offload_parameters,
+            nodes=nodes,
+            launcher=launcher,
+            kubernetes={
+                k: v
+                for k, v in {
+                    "namespace": k8s_namespace,
+                    "runtime": k8s_runtime,
+                    "gpus_per_node": gpus_per_node,
+                }.items()
+                if v
+            },
             seed=seed,
             suffix=suffix,
             priority=priority,
