@@ -14,8 +14,6 @@ import grpc
 import pytest
 from conftest import scratch_bucket
 
-from services.common.artifact_store import ArtifactStore
-from services.common.model_files import model_prefix
 from services.common.settings import StoreSettings
 from tuneforge import Client
 from tuneforge.conversion.v1 import conversion_service_pb2 as pb
@@ -43,7 +41,9 @@ def bucket(store_settings: StoreSettings) -> Iterator[StoreSettings]:
 @pytest.fixture(scope="module")
 def client(bucket: StoreSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     home = tmp_path_factory.mktemp("home")
-    with local_services(bucket, home, services=["datasets", "training", "conversion"]) as c:
+    with local_services(
+        bucket, home, services=["datasets", "training", "conversion", "inference"]
+    ) as c:
         c.models.import_model("tiny", preset="tiny-llama")
         rows = home / "words.jsonl"
         rows.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
@@ -110,13 +110,7 @@ def test_an_adapter_becomes_a_merged_and_an_onnx_model_with_a_parity_report(
     assert onnx_model.metrics["greedy_agreement"] == pytest.approx(report.greedy_agreement)
 
     # The stored model runs under plain onnxruntime-genai, and its report sits beside it.
-    store = ArtifactStore(bucket)
-    prefix = model_prefix(onnx_name)
-    manifest = store.read_manifest(prefix)
-    assert manifest is not None
-    local = tmp_path / "onnx"
-    for f in manifest.files:
-        store.get_file(prefix + f.path, local / f.path, expected_sha256=f.sha256)
+    local = client.models.download(onnx_name, tmp_path / "onnx")
     stored = json.loads((local / "parity_report.json").read_text())
     assert stored["passed"] is True and stored["prompt_count"] == report.prompt_count
     model = og.Model(str(local))
@@ -128,6 +122,17 @@ def test_an_adapter_becomes_a_merged_and_an_onnx_model_with_a_parity_report(
     while not generator.is_done():
         generator.generate_next_token()
     assert len(generator.get_sequence(0)) > 0
+    # examples/ask_onnx.py, which imports onnxruntime-genai only, answers as the service does.
+    question = "Item 3: say the word number 3."
+    asked = subprocess.run(
+        [sys.executable, "examples/ask_onnx.py", str(local), question, "--max-tokens", "6"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert asked.returncode == 0, asked.stderr
+    served = client.inference.chat(onnx_name, [{"role": "user", "content": question}], max_tokens=6)
+    assert asked.stdout.strip() == served.text.strip()
 
 
 def test_the_gate_fails_a_conversion_below_its_thresholds_unless_forced(client: Client) -> None:

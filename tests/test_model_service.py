@@ -151,3 +151,32 @@ def test_store_down_gives_unavailable_then_recovers(object_store_process, tmp_pa
         finally:
             object_store_process.start()
         assert client.models.get("kept").name == "projects/default/models/kept"
+
+
+def test_a_model_downloads_through_signed_urls_and_is_checked(
+    client: Client, tmp_path: Path
+) -> None:
+    client.models.import_model("tiny", preset="tiny-llama")
+    seen: list[tuple[int, int]] = []
+    folder = client.models.download(
+        "tiny", tmp_path / "tiny", progress=lambda d, t: seen.append((d, t))
+    )
+    stored = {f.path: f for f in client.models.get("tiny").artifact.files}
+    assert sorted(p.name for p in folder.iterdir()) == sorted(stored)
+    for path, entry in stored.items():
+        assert hashlib.sha256((folder / path).read_bytes()).hexdigest() == entry.sha256
+    assert seen[-1][0] == seen[-1][1] == sum(f.size_bytes for f in stored.values())
+
+    # A file changed on disk is fetched again; one that is intact is kept.
+    (folder / "config.json").write_text("{}")
+    untouched = (folder / "model.safetensors").stat().st_mtime_ns
+    client.models.download("tiny", folder)
+    assert (
+        hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
+        == stored["config.json"].sha256
+    )
+    assert (folder / "model.safetensors").stat().st_mtime_ns == untouched
+
+    with pytest.raises(TuneforgeError) as missing:
+        client.models.download("missing", tmp_path / "none")
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND

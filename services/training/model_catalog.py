@@ -12,14 +12,14 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
 
 from services.common.artifact_store import ArtifactStore
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
-from services.common.manifest import Manifest
+from services.common.manifest import FileEntry, Manifest
 from services.common.resource_names import (
     ResourceName,
     check_id,
@@ -73,6 +73,18 @@ class ModelCatalog:
         if manifest is None:
             raise NotFound(str(name))
         return self._stored(prefix, manifest)
+
+    def download_urls(
+        self, name: ResourceName, expires: timedelta
+    ) -> tuple[Manifest, list[tuple[FileEntry, str]]]:
+        """The model's manifest and a presigned GET URL for each of its files."""
+        stored = self.get(name)
+        prefix = model_prefix(name)
+        urls = [
+            (entry, self.store.presigned_get_url(prefix + entry.path, expires))
+            for entry in stored.manifest.files
+        ]
+        return stored.manifest, urls
 
     def _stored(self, prefix: str, manifest: Manifest) -> StoredModel:
         return StoredModel(

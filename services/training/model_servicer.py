@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -65,6 +66,11 @@ def model_to_proto(stored: StoredModel) -> pb.Model:
     )
 
 
+# Presigned download URLs: valid an hour by default, a week at most (S3's own limit).
+DEFAULT_DOWNLOAD_S = 3600
+MAX_DOWNLOAD_S = 7 * 24 * 3600
+
+
 class ModelServicer(pb_grpc.ModelServiceServicer):
     def __init__(self, catalog: ModelCatalog) -> None:
         self.catalog = catalog
@@ -120,3 +126,29 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         name = parse_name(request.name, "models")
         await asyncio.to_thread(self.catalog.delete, name)
         return empty_pb2.Empty()
+
+    async def GetModelDownload(
+        self, request: pb.GetModelDownloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelDownload:
+        name = parse_name(request.name, "models")
+        seconds = request.expires_in_seconds or DEFAULT_DOWNLOAD_S
+        if not 0 < seconds <= MAX_DOWNLOAD_S:
+            raise InvalidArgument(
+                f"expires_in_seconds must be in 1..{MAX_DOWNLOAD_S}", field="expires_in_seconds"
+            )
+        expires = timedelta(seconds=seconds)
+        issued = datetime.now(UTC)
+        manifest, urls = await asyncio.to_thread(self.catalog.download_urls, name, expires)
+        expire_time = timestamp_pb2.Timestamp()
+        expire_time.FromDatetime(issued + expires)
+        return pb.ModelDownload(
+            model=str(name),
+            manifest_sha256=manifest.sha256(),
+            files=[
+                pb.DownloadFile(
+                    path=entry.path, sha256=entry.sha256, size_bytes=entry.size_bytes, url=url
+                )
+                for entry, url in urls
+            ],
+            expire_time=expire_time,
+        )

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,39 @@ def pages(
             return
 
 
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, target: Path, sha256: str, timeout: float) -> None:
+    """GET `url` into `target` through a temporary file, kept only if its sha256 matches."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply, open(partial, "wb") as out:
+            for block in iter(lambda: reply.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise TuneforgeError(
+            grpc.StatusCode.UNAVAILABLE, f"downloading {target.name} failed: {exc}"
+        ) from None
+    if digest.hexdigest() != sha256:
+        partial.unlink(missing_ok=True)
+        raise TuneforgeError(
+            grpc.StatusCode.DATA_LOSS,
+            f"{target.name} does not match its manifest's sha256",
+            reason="ARTIFACT_CORRUPT",
+        )
+    partial.replace(target)
+
+
 class Models:
     """`client.models`: the model catalog (hosted by the training service)."""
 
@@ -195,6 +229,29 @@ class Models:
     def delete(self, model: str) -> None:
         request = models_pb.DeleteModelRequest(name=self._client.model_name(model))
         call(self._stub.DeleteModel, request, self._client.config.timeout_s)
+
+    def download(
+        self,
+        model: str,
+        dest: str | Path,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Path:
+        """Downloads the model's files into `dest` (created), each checked against its sha256,
+        through short-lived URLs the catalog signs; needs no object-store credentials. Files
+        already there with the right sha256 are kept. Returns `dest`."""
+        request = models_pb.GetModelDownloadRequest(name=self._client.model_name(model))
+        plan = call(self._stub.GetModelDownload, request, self._client.config.timeout_s)
+        root = Path(dest)
+        total = sum(f.size_bytes for f in plan.files)
+        done = 0
+        for entry in plan.files:
+            target = root / entry.path
+            if not (target.is_file() and _sha256_of(target) == entry.sha256):
+                _fetch(entry.url, target, entry.sha256, self._client.config.long_timeout_s)
+            done += entry.size_bytes
+            if progress is not None:
+                progress(done, total)
+        return root
 
 
 FORMATS = {

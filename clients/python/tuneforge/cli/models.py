@@ -158,3 +158,22 @@ def delete(
         print_json({"deleted": full})
     else:
         console.print(f"deleted {full}")
+
+
+@app.command("download")
+def download(
+    name: Annotated[str, typer.Argument(help="Model id or full resource name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the files to.")],
+    target: Annotated[str | None, typer.Option("--target")] = None,
+    project: ProjectOpt = "default",
+    as_json: JsonOpt = False,
+) -> None:
+    """Download a model's files (each checked against its sha256), e.g. an ONNX model to run
+    with onnxruntime-genai anywhere."""
+    with errors_as_exit(as_json), Client(target, project=project) as client:
+        folder = client.models.download(name, output)
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    if as_json:
+        print_json({"model": client.model_name(name), "folder": str(folder), "files": files})
+    else:
+        console.print(f"{len(files)} files in {folder}")

@@ -147,3 +147,35 @@ class DeleteModelRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetModelDownloadRequest(_message.Message):
+    __slots__ = ("name", "expires_in_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    expires_in_seconds: int
+    def __init__(self, name: _Optional[str] = ..., expires_in_seconds: _Optional[int] = ...) -> None: ...
+
+class ModelDownload(_message.Message):
+    __slots__ = ("model", "manifest_sha256", "files", "expire_time")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    manifest_sha256: str
+    files: _containers.RepeatedCompositeFieldContainer[DownloadFile]
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, model: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., files: _Optional[_Iterable[_Union[DownloadFile, _Mapping]]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DownloadFile(_message.Message):
+    __slots__ = ("path", "sha256", "size_bytes", "url")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    sha256: str
+    size_bytes: int
+    url: str
+    def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., url: _Optional[str] = ...) -> None: ...

@@ -56,6 +56,11 @@ class ModelServiceStub:
                 request_serializer=tuneforge_dot_training_dot_v1_dot_model__service__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetModelDownload = channel.unary_unary(
+                '/tuneforge.training.v1.ModelService/GetModelDownload',
+                request_serializer=tuneforge_dot_training_dot_v1_dot_model__service__pb2.GetModelDownloadRequest.SerializeToString,
+                response_deserializer=tuneforge_dot_training_dot_v1_dot_model__service__pb2.ModelDownload.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -88,6 +93,14 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelDownload(self, request, context):
+        """Short-lived URLs that download a model's files straight from the object store (no store
+        credentials needed), with each file's sha256 to check it against.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=tuneforge_dot_training_dot_v1_dot_model__service__pb2.DeleteModelRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'GetModelDownload': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelDownload,
+                    request_deserializer=tuneforge_dot_training_dot_v1_dot_model__service__pb2.GetModelDownloadRequest.FromString,
+                    response_serializer=tuneforge_dot_training_dot_v1_dot_model__service__pb2.ModelDownload.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +239,33 @@ class ModelService:
             '/tuneforge.training.v1.ModelService/DeleteModel',
             tuneforge_dot_training_dot_v1_dot_model__service__pb2.DeleteModelRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelDownload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneforge.training.v1.ModelService/GetModelDownload',
+            tuneforge_dot_training_dot_v1_dot_model__service__pb2.GetModelDownloadRequest.SerializeToString,
+            tuneforge_dot_training_dot_v1_dot_model__service__pb2.ModelDownload.FromString,
             options,
             channel_credentials,
             insecure,

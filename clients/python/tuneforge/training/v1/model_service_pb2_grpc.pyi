@@ -43,6 +43,10 @@ class ModelServiceStub:
     GetModel: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.GetModelRequest, _model_service_pb2.Model]
     ListModels: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.ListModelsRequest, _model_service_pb2.ListModelsResponse]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.DeleteModelRequest, _empty_pb2.Empty]
+    GetModelDownload: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.GetModelDownloadRequest, _model_service_pb2.ModelDownload]
+    """Short-lived URLs that download a model's files straight from the object store (no store
+    credentials needed), with each file's sha256 to check it against.
+    """
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -56,6 +60,10 @@ class ModelServiceAsyncStub(ModelServiceStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_model_service_pb2.GetModelRequest, _model_service_pb2.Model]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_model_service_pb2.ListModelsRequest, _model_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_model_service_pb2.DeleteModelRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    GetModelDownload: _aio.UnaryUnaryMultiCallable[_model_service_pb2.GetModelDownloadRequest, _model_service_pb2.ModelDownload]  # type: ignore[assignment]
+    """Short-lived URLs that download a model's files straight from the object store (no store
+    credentials needed), with each file's sha256 to check it against.
+    """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     """Imports, lists and deletes catalog models."""
@@ -90,5 +98,15 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _model_service_pb2.DeleteModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def GetModelDownload(
+        self,
+        request: _model_service_pb2.GetModelDownloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_service_pb2.ModelDownload, _abc.Awaitable[_model_service_pb2.ModelDownload]]:
+        """Short-lived URLs that download a model's files straight from the object store (no store
+        credentials needed), with each file's sha256 to check it against.
+        """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
