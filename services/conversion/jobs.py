@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from services.common.artifact_store import ArtifactStore
+from services.common.dataset_layout import content_prefix, dataset_prefix
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.job_records import FAILED, PENDING, SUCCEEDED, Job, JobRecords
 from services.common.job_runner import JobRunner, worker_failed
@@ -250,10 +251,10 @@ class ConversionJobs(JobRunner):
         if "/" not in dataset:
             dataset = f"projects/{project}/datasets/{check_id(dataset, field)}"
         ref = parse_name(dataset, "datasets", field)
-        manifest = self.store.read_manifest(f"datasets/{ref.project}/{ref.id}/")
+        manifest = self.store.read_manifest(dataset_prefix(ref.project, ref.id))
         if manifest is None:
             raise NotFound(dataset, f"{dataset} does not exist or is not READY ({field})")
-        content = f"datasets/content/{manifest.attributes['content_sha256']}/"
+        content = content_prefix(manifest.attributes["content_sha256"])
         blob = self.store.read_manifest(content)
         files = {f.path for f in blob.files} if blob is not None else set()
         split = "validation.jsonl" if "validation.jsonl" in files else "train.jsonl"

@@ -27,6 +27,7 @@ import numpy as np
 
 from services.common.artifact_store import ArtifactStore
 from services.common.chat_template import ChatTemplateError, ChatTokenizer
+from services.common.dataset_layout import content_prefix, dataset_prefix
 from services.common.errors import InvalidArgument
 from services.common.manifest import FileEntry, Manifest
 from services.datasets import formats
@@ -424,14 +425,6 @@ class _ByteCounter:
 
 
 # --- publishing -------------------------------------------------------------------------------
-
-
-def content_prefix(content_sha256: str) -> str:
-    return f"datasets/content/{content_sha256}/"
-
-
-def dataset_prefix(project: str, dataset_id: str) -> str:
-    return f"datasets/{project}/{dataset_id}/"
 
 
 def publish(

@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from services.common.artifact_store import ArtifactStore
+from services.common.dataset_layout import content_prefix, dataset_prefix
 from services.common.errors import (
     Aborted,
     FailedPrecondition,
@@ -127,7 +128,7 @@ def row_from_canonical(line: int, data: dict[str, Any]) -> EvalRow | None:
 def dataset_content(store: ArtifactStore, dataset: str) -> str:
     """The content sha256 of a published dataset; NotFound when it is not (or not READY)."""
     ref = parse_name(dataset, "datasets", "evaluation.dataset")
-    manifest = store.read_manifest(f"datasets/{ref.project}/{ref.id}/")
+    manifest = store.read_manifest(dataset_prefix(ref.project, ref.id))
     if manifest is None:
         raise NotFound(dataset, f"{dataset} does not exist or is not READY")
     sha = str(manifest.attributes.get("content_sha256") or "")
@@ -143,7 +144,7 @@ def dataset_content(store: ArtifactStore, dataset: str) -> str:
 def split_key(store: ArtifactStore, content_sha256: str, split: str) -> str:
     """The canonical file of a split: validation.jsonl, or train.jsonl when there is no (or an
     empty) validation split."""
-    prefix = f"datasets/content/{content_sha256}/"
+    prefix = content_prefix(content_sha256)
     blob = store.read_manifest(prefix)
     sizes = {f.path: f.size_bytes for f in blob.files} if blob is not None else {}
     if split == "validation" and sizes.get("validation.jsonl", 0) > 0:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import structlog
 
 from services.common.artifact_store import ArtifactStore
+from services.common.dataset_layout import content_files
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.job_records import (
     FAILED,
@@ -70,10 +71,6 @@ class CheckpointInfo:
     files: list[dict[str, Any]]
     metrics: dict[str, float]
     created_at: Any
-
-
-def content_files(content_sha256: str, *splits: str) -> list[str]:
-    return [f"datasets/content/{content_sha256}/{split}.jsonl" for split in splits]
 
 
 class TrainingJobs(JobRunner):
