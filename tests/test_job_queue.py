@@ -68,7 +68,7 @@ def test_a_database_from_an_older_release_gains_the_new_columns(tmp_path: Path) 
 
 
 def test_workers_get_the_cpus_of_the_container_quota(tmp_path: Path) -> None:
-    from services.training.launcher import available_cpus
+    from services.common.cpus import available_cpus
 
     affinity = len(os.sched_getaffinity(0))
     (tmp_path / "cpu.max").write_text("max 100000\n")

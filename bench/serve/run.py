@@ -22,7 +22,9 @@ thread, a real gRPC server on 127.0.0.1). The in-process baseline calls the SAME
 object the servicer holds (`models.submit(...)`, then the job's events) on the service's own event
 loop: same engines, same worker threads, same scheduler, same tokenizing, without protobuf,
 HTTP/2 or the client. gRPC requests go through the SDK: `client.inference.chat(..., stream=True)`,
-one client thread per stream. Every request is greedy (temperature 0) with the same max_tokens.
+one client thread per stream, in a client process of its own (as a real client is: on the same
+2 CPUs, but not sharing the service's GIL). Every request is greedy (temperature 0) with the same
+max_tokens.
 
 Measured, each batch's streams started together, batches of every kind interleaved round by
 round so that other load on the machine hits them alike:
@@ -41,8 +43,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import sys
@@ -300,6 +304,52 @@ def run_grpc(client: Any, specs: list[Spec], max_tokens: int) -> list[Timeline]:
     return [t for t in out if t is not None]
 
 
+class ClientProcess:
+    """The SDK client of the timed gRPC streams, in a process of its own. In the service's
+    process its threads would hold the GIL that the service's decoding and event loop need,
+    which a deployed service never shares with its clients."""
+
+    def __init__(self, address: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_client_main, args=(address, child), name="bench-client", daemon=True
+        )
+        self.process.start()
+        child.close()
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return (self.process.pid,) if self.process.pid is not None else ()
+
+    def run(self, specs: list[Spec], max_tokens: int) -> list[Timeline]:
+        self._conn.send((specs, max_tokens))
+        ok, value = self._conn.recv()
+        if not ok:
+            raise RuntimeError(f"the client process failed: {value}")
+        return list(value)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def _client_main(address: str, conn: Any) -> None:
+    """ClientProcess's process: runs each batch it is sent with run_grpc, until None."""
+    from tuneforge import Client
+
+    with Client(targets={"inference": address}) as client:
+        while (message := conn.recv()) is not None:
+            specs, max_tokens = message
+            try:
+                conn.send((True, run_grpc(client, specs, max_tokens)))
+            except Exception as exc:
+                conn.send((False, repr(exc)))
+
+
 # --- series of batches ----------------------------------------------------------------------
 
 
@@ -419,7 +469,7 @@ def warm_up(client: Any, adapters: list[str], args: argparse.Namespace) -> None:
 
 
 def bench_grpc(
-    service: Any, models: Any, client: Any, args: argparse.Namespace
+    service: Any, models: Any, client: ClientProcess, args: argparse.Namespace
 ) -> tuple[list[Series], dict[str, Any]]:
     """gRPC vs in-process at each concurrency, on each backend, interleaved."""
     backends = {"pytorch": MODEL_ID, "onnx": ONNX_ID}
@@ -435,14 +485,14 @@ def bench_grpc(
 
                 def run(specs: list[Spec], mode: str = mode) -> list[Timeline]:
                     if mode == "grpc":
-                        return run_grpc(client, specs, args.max_tokens)
+                        return client.run(specs, args.max_tokens)
                     return run_inproc(service, models, specs, args.max_tokens)
 
                 def specs(r: int, model: str = model, streams: int = streams) -> list[Spec]:
                     return specs_for(model, [""], streams, r * streams)
 
                 kinds[series.name] = (series, run, specs)
-        with LoadSampler() as load:
+        with LoadSampler(pids=client.pids) as load:
             got = interleaved(kinds, rounds, f"{streams} streams", args.verbose)
         loads[str(streams)] = load.summary()
         print(f"{streams} streams: {rounds} round(s), {load.line()}", flush=True)
@@ -450,7 +500,9 @@ def bench_grpc(
     return results, loads
 
 
-def bench_adapters(client: Any, args: argparse.Namespace) -> tuple[list[Series], dict[str, Any]]:
+def bench_adapters(
+    client: ClientProcess, args: argparse.Namespace
+) -> tuple[list[Series], dict[str, Any]]:
     """N streams through gRPC: base model alone, all on one adapter, each on its own adapter."""
     adapters = [f"{ADAPTER_PREFIX}{i}" for i in range(args.adapters)]
     n = args.adapter_streams
@@ -468,10 +520,10 @@ def bench_adapters(client: Any, args: argparse.Namespace) -> tuple[list[Series],
 
         kinds[name] = (
             series,
-            lambda s: run_grpc(client, s, args.max_tokens),
+            lambda s: client.run(s, args.max_tokens),
             specs,
         )
-    with LoadSampler() as load:
+    with LoadSampler(pids=client.pids) as load:
         got = interleaved(kinds, args.adapter_rounds, "adapters", args.verbose)
     print(f"adapters: {args.adapter_rounds} round(s), {load.line()}", flush=True)
     return list(got.values()), load.summary()
@@ -666,8 +718,12 @@ def main() -> None:
                         f"{inference.max_queued_requests}",
                         flush=True,
                     )
-                    grpc_rows, grpc_loads = bench_grpc(service, models, client, args)
-                    adapter_rows, adapter_load = bench_adapters(client, args)
+                remote = ClientProcess(address)
+                try:
+                    grpc_rows, grpc_loads = bench_grpc(service, models, remote, args)
+                    adapter_rows, adapter_load = bench_adapters(remote, args)
+                finally:
+                    remote.close()
             finally:
                 service.stop()
         print(

@@ -4,6 +4,7 @@ Runtime GenAI), loaded from the object store on first use; evaluations of models
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import structlog
 
@@ -36,6 +37,7 @@ def build_service(
 ) -> Service:
     artifacts = ArtifactStore(store or StoreSettings())
     inference_settings = inference or InferenceSettings()
+    sys.setswitchinterval(inference_settings.switch_interval_ms / 1000)  # process-wide
     models = ServedModels(
         artifacts,
         settings.data_dir(NAME) / "models",

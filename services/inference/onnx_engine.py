@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from services.common.chat_template import ChatTokenizer
+from services.common.cpus import available_cpus
 from services.common.errors import InvalidArgument
 from services.inference.engine import (
     GENAI_CONFIG,
@@ -29,6 +30,7 @@ from services.inference.engine import (
 )
 from services.inference.generation import Sampling, read_generation_defaults
 from services.inference.sampler import TokenSampler
+from services.inference.settings import InferenceSettings
 
 
 class OnnxEngine:
@@ -36,13 +38,20 @@ class OnnxEngine:
 
     backend = Backend.ONNX_RUNTIME
 
-    def __init__(self, model_dir: Path, attributes: dict[str, Any]) -> None:
+    def __init__(
+        self, model_dir: Path, attributes: dict[str, Any], settings: InferenceSettings
+    ) -> None:
         import onnxruntime_genai as og
 
         self._og = og
         config = json.loads((model_dir / GENAI_CONFIG).read_text(encoding="utf-8"))
         model_config = config.get("model", {})
-        self.model = og.Model(str(model_dir))
+        og_config = og.Config(str(model_dir))
+        threads = settings.onnx_threads or available_cpus()
+        # Only the decoder's thread count changes; the rest of genai_config.json stays as stored.
+        options = {"intra_op_num_threads": threads}
+        og_config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self.model = og.Model(og_config)
         self.tokenizer = ChatTokenizer.from_dir(model_dir)
         self.generation_defaults = read_generation_defaults(model_dir)
         self.eos_token_ids = eos_token_ids(model_config.get("eos_token_id"), self.tokenizer)

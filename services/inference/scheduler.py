@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -91,9 +92,23 @@ class GenerationJob:
             self._loop.call_soon_threadsafe(self._events.put_nowait, event)
 
     async def events(self) -> AsyncIterator[TextDelta | Finished]:
-        """Text deltas, then one Finished; raises the error of a failed generation."""
+        """Text deltas, then one Finished; raises the error of a failed generation.
+
+        Deltas that arrived while the consumer was busy are joined into one (and into the
+        Finished that follows them), so a consumer slower than the model (a stream whose messages
+        cost more than a token, as with a fast ONNX model) sends fewer, longer messages instead
+        of falling further behind.
+        """
         while True:
             event = await self._events.get()
+            while isinstance(event, TextDelta) and not self._events.empty():
+                following = self._events.get_nowait()
+                if isinstance(following, TextDelta):
+                    event = TextDelta(event.text + following.text)
+                elif isinstance(following, Finished):
+                    event = dataclasses.replace(following, text=event.text + following.text)
+                else:
+                    event = following  # Failed: the text before it is not worth sending
             if isinstance(event, Failed):
                 raise event.error
             yield event

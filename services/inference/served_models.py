@@ -324,7 +324,7 @@ class ServedModels:
         if backend is Backend.ONNX_RUNTIME:
             from services.inference.onnx_engine import OnnxEngine
 
-            return OnnxEngine(directory, manifest.attributes)
+            return OnnxEngine(directory, manifest.attributes, self.settings)
         from services.inference.pytorch_engine import PyTorchEngine
 
         return PyTorchEngine(directory, manifest.attributes, self.settings)

@@ -29,3 +29,12 @@ class InferenceSettings(BaseSettings):
     # token of a small model is too little work to split: on a busy 2-core machine a tiny model
     # measured 1.2 ms/token with 1 thread and 17.8 ms/token with 2.
     torch_threads: int = Field(default=0, ge=0)
+    # onnxruntime intra-op threads of each ONNX model (0: the CPUs this process may use, cgroup
+    # quota included). onnxruntime-genai's own default used one thread here: int4 SmolLM2 took
+    # 150 ms for a 60-token prompt and ~11 ms/token with it, 85 ms and ~8 ms/token with 2.
+    onnx_threads: int = Field(default=0, ge=0)
+    # Python's thread switch interval in this process (sys.setswitchinterval), in ms. A decoding
+    # thread that has just left onnxruntime or torch waits up to this long for the GIL while the
+    # event loop streams replies; at the default 5 ms, int4 SmolLM2 (10 ms/token) measured
+    # 18.3 ms/token beside one busy Python thread, and 10.7 ms/token at 0.5 ms.
+    switch_interval_ms: float = Field(default=0.5, gt=0)

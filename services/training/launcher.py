@@ -9,23 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from services.common.cpus import available_cpus
 from services.common.model_files import MODEL_CACHE_ENV
 from services.common.settings import StoreSettings
 from services.common.worker_process import JOB_ENV, WorkerProcess
 from services.training.worker_config import EVENT_TYPES, WorkerConfig
-
-
-def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's
-    CPU limit), which os.cpu_count() does not see."""
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        return cpus
-    if quota == "max":
-        return cpus
-    return max(1, min(cpus, int(int(quota) / int(period))))
 
 
 def free_port() -> int:
