@@ -19,6 +19,7 @@ from services.training.worker import checkpoints
 from services.training.worker.data import Example, ShardedBatches, eval_batches
 from services.training.worker.distributed import Dist, all_sum, barrier
 from services.training.worker.events import EventWriter
+from services.training.worker.trained_logits import TrainedTokenLoss
 from services.training.worker_config import WorkerConfig
 
 
@@ -88,6 +89,8 @@ class TrainingLoop:
         self.autocast = autocast
         self.adapter = adapter
         self.total_steps = total_steps(config, train.batches_per_epoch)
+        # Logits only where a token is trained (same loss, less LM-head work).
+        self.loss = TrainedTokenLoss(engine.module)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
@@ -122,8 +125,7 @@ class TrainingLoop:
                 batch = self._to_device(self.train.batch(progress.micro_step))
                 progress.micro_step += 1
                 with self.autocast():
-                    out = engine(**batch)
-                loss = out.loss
+                    loss = self.loss(engine, batch)
                 engine.backward(loss)
                 if (
                     engine.is_gradient_accumulation_boundary()
