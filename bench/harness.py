@@ -18,8 +18,9 @@ import psutil
 
 
 class LoadSampler:
-    """1-minute load average every few seconds, and the CPU seconds this process (and its
-    waited-for children) and everything else on the machine used over a phase."""
+    """1-minute load average every few seconds, and the CPU seconds this process (with its
+    waited-for children and the long-lived processes in `pids`) and everything else on the
+    machine used over a phase."""
 
     def __init__(self, interval_s: float = 2.0, pids: tuple[int, ...] = ()) -> None:
         self.interval_s = interval_s

@@ -41,9 +41,14 @@ def test_loss_and_gradients_equal_the_full_logits_loss() -> None:
     expected = reference_model(**batch).loss
     expected.backward()
 
+    # What the LM head is given: only the positions whose next token is trained.
+    seen: list[torch.Size] = []
+    model.lm_head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape))
     loss_fn = TrainedTokenLoss(model)
     got = loss_fn(model, batch)
     got.backward()
+    trained = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert seen == [torch.Size([trained, 32])]
     torch.testing.assert_close(got, expected)
     for (name, p), q in zip(model.named_parameters(), reference_model.parameters(), strict=True):
         assert p.grad is not None and q.grad is not None, name

@@ -165,6 +165,7 @@ class PyTorchEngine:
         self._applied = UNKNOWN
         log.info("adapter_loaded", adapter=adapter.name, loaded=len(self._adapters))
         self._evict(keep=adapter.name)
+        # Once per load, after the evictions, which only ever follow a load.
         self._tuner_layers = _switchable_layers(self._peft)
         return peft_name
 
@@ -179,7 +180,6 @@ class PyTorchEngine:
             self._peft.delete_adapter(self._adapters.pop(name))
             self._order = tuple(self._adapters)
             self._applied = UNKNOWN
-            self._tuner_layers = _switchable_layers(self._peft)
             log.info("adapter_evicted", adapter=name)
 
     def _apply(self, adapter: str | None) -> None:
