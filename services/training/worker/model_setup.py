@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from services.common.errors import InvalidArgument
+from services.training.worker.lora_dropout import use_cheap_lora_dropout
 from services.training.worker_config import WorkerConfig
 
 ADAPTER_METHODS = ("lora", "dora", "qlora")
@@ -62,6 +63,8 @@ def build_model(config: WorkerConfig, base_dir: Path, device: torch.device) -> t
         peft_model = get_peft_model(model, lora)
     except ValueError as exc:  # e.g. target modules not found in the base model
         raise InvalidArgument(f"LoRA setup failed: {exc}", field="lora.target_modules") from exc
+    if device.type == "cpu":
+        use_cheap_lora_dropout(peft_model)
     return peft_model
 
 
