@@ -1,8 +1,10 @@
-"""A stream whose consumer falls behind the model gets the text joined, never lost or reordered."""
+"""A stream whose consumer falls behind the model gets the text joined, never lost or reordered;
+a stream interval sends at most one message per interval, never holding the first or the end."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -10,7 +12,7 @@ from services.inference.generation import Failed, Finished, FinishReason, Sampli
 from services.inference.scheduler import GenerationJob, PreparedRequest
 
 
-def _job(loop: asyncio.AbstractEventLoop) -> GenerationJob:
+def _job(loop: asyncio.AbstractEventLoop, stream_interval_s: float = 0.0) -> GenerationJob:
     request = PreparedRequest(
         prompt_ids=[1, 2],
         sampling=Sampling(temperature=0, top_p=1, top_k=0, repetition_penalty=1, seed=0),
@@ -18,7 +20,7 @@ def _job(loop: asyncio.AbstractEventLoop) -> GenerationJob:
         stop=(),
         adapter=None,
     )
-    return GenerationJob(request, loop)
+    return GenerationJob(request, loop, stream_interval_s)
 
 
 def _finished(text: str) -> Finished:
@@ -51,3 +53,47 @@ async def test_a_failure_after_queued_deltas_is_raised() -> None:
     await asyncio.sleep(0)
     with pytest.raises(RuntimeError, match="unloaded"):
         await _drain(job)
+
+
+async def _timed(job: GenerationJob) -> list[tuple[float, str]]:
+    loop = asyncio.get_running_loop()
+    return [(loop.time(), event.text) async for event in job.events()]
+
+
+async def _produce(job: GenerationJob, texts: list[str], every_s: float) -> None:
+    for text in texts:
+        job.emit(TextDelta(text))
+        await asyncio.sleep(every_s)
+    job.emit(_finished(""))
+
+
+async def test_a_stream_interval_joins_fast_tokens_but_not_the_first() -> None:
+    loop = asyncio.get_running_loop()
+    job = _job(loop, stream_interval_s=0.1)
+    consumer = asyncio.ensure_future(_timed(job))
+    start = loop.time()
+    await _produce(job, [f"t{i} " for i in range(20)], 0.01)  # a token every 10 ms for 0.2 s
+    messages = await consumer
+    assert "".join(text for _, text in messages) == "".join(f"t{i} " for i in range(20))
+    assert messages[0][1] == "t0 " and messages[0][0] - start < 0.09  # the first at once
+    assert 3 <= len(messages) <= 8  # ~0.1 s apart over >= 0.2 s, instead of 21
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(messages)]
+    assert all(gap >= 0.09 for gap in gaps[:-1])
+
+
+async def test_the_end_is_not_held_by_the_interval() -> None:
+    loop = asyncio.get_running_loop()
+    job = _job(loop, stream_interval_s=5.0)
+    consumer = asyncio.ensure_future(_timed(job))
+    start = loop.time()
+    await _produce(job, ["a", "b", "c"], 0.01)
+    messages = await asyncio.wait_for(consumer, 1.0)
+    assert [text for _, text in messages] == ["a", "bc"]  # the held text goes with the end
+    assert messages[-1][0] - start < 0.5
+
+
+async def test_without_an_interval_each_token_a_consumer_keeps_up_with_is_its_own_message() -> None:
+    job = _job(asyncio.get_running_loop())
+    consumer = asyncio.ensure_future(_timed(job))
+    await _produce(job, ["a", "b", "c", "d"], 0.005)
+    assert [text for _, text in await consumer] == ["a", "b", "c", "d", ""]

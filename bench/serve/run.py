@@ -657,6 +657,12 @@ def main() -> None:
         help="TUNEFORGE_INFERENCE_TORCH_THREADS (default: as set, else torch's default)",
     )
     parser.add_argument(
+        "--stream-interval-ms",
+        type=float,
+        default=None,
+        help="TUNEFORGE_INFERENCE_STREAM_INTERVAL_MS (default: as set, else 0: every token)",
+    )
+    parser.add_argument(
         "--onnx-dir", type=Path, default=None, help="int4 export to reuse (built there if absent)"
     )
     parser.add_argument("--tmp", type=Path, default=None, help="parent of the temp directory")
@@ -677,6 +683,9 @@ def main() -> None:
     if args.torch_threads is not None:
         # Read by the inference service's settings when it starts (process-wide torch setting).
         os.environ["TUNEFORGE_INFERENCE_TORCH_THREADS"] = str(args.torch_threads)
+    if args.stream_interval_ms is not None:
+        # Both kinds take it: in-process requests read events from the same GenerationJob.
+        os.environ["TUNEFORGE_INFERENCE_STREAM_INTERVAL_MS"] = str(args.stream_interval_ms)
 
     from services.common.logging import configure_logging
     from services.common.settings import ServiceSettings
@@ -729,7 +738,8 @@ def main() -> None:
         print(
             f"\n{os.cpu_count()} CPUs; {args.max_tokens} max tokens per reply, greedy; "
             f"torch threads {worker_torch_threads()}; max_active_requests "
-            f"{inference.max_active_requests} (more streams wait in the queue)"
+            f"{inference.max_active_requests} (more streams wait in the queue); stream interval "
+            f"{inference.stream_interval_ms:g} ms"
         )
         goals = report(grpc_rows, adapter_rows, args)
         contended = [k for k, v in grpc_loads.items() if v["contended"]]

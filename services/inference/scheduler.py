@@ -62,10 +62,18 @@ class PreparedRequest:
 class GenerationJob:
     """One request between its consumer on an event loop and the model's worker thread."""
 
-    def __init__(self, request: PreparedRequest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        request: PreparedRequest,
+        loop: asyncio.AbstractEventLoop,
+        stream_interval_s: float = 0.0,
+    ) -> None:
         self.request = request
         self._loop = loop
         self._events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+        # Set on the loop when the Finished or Failed event is queued: ends a held delta's wait.
+        self._ended = asyncio.Event()
+        self._stream_interval_s = stream_interval_s
         self._cancelled = threading.Event()
         # Set by the worker that queued the job: takes it out of its queue and counts.
         self.on_cancel: Callable[[GenerationJob], None] | None = None
@@ -89,7 +97,12 @@ class GenerationJob:
     def emit(self, event: GenerationEvent) -> None:
         """Worker thread -> the consumer's loop (dropped if that loop is gone)."""
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+            self._loop.call_soon_threadsafe(self._queue, event)
+
+    def _queue(self, event: GenerationEvent) -> None:
+        self._events.put_nowait(event)
+        if not isinstance(event, TextDelta):
+            self._ended.set()
 
     async def events(self) -> AsyncIterator[TextDelta | Finished]:
         """Text deltas, then one Finished; raises the error of a failed generation.
@@ -97,10 +110,16 @@ class GenerationJob:
         Deltas that arrived while the consumer was busy are joined into one (and into the
         Finished that follows them), so a consumer slower than the model (a stream whose messages
         cost more than a token, as with a fast ONNX model) sends fewer, longer messages instead
-        of falling further behind.
+        of falling further behind. With a stream interval, a delta that comes sooner than that
+        after the previous event is held until the interval has passed (or the generation ends)
+        and goes out joined with the deltas that followed it: the first delta and the end are
+        never held.
         """
+        last_sent: float | None = None
         while True:
             event = await self._events.get()
+            if isinstance(event, TextDelta) and last_sent is not None and self._stream_interval_s:
+                await self._hold(last_sent + self._stream_interval_s - self._loop.time())
             while isinstance(event, TextDelta) and not self._events.empty():
                 following = self._events.get_nowait()
                 if isinstance(following, TextDelta):
@@ -114,6 +133,14 @@ class GenerationJob:
             yield event
             if isinstance(event, Finished):
                 return
+            last_sent = self._loop.time()
+
+    async def _hold(self, seconds: float) -> None:
+        """Waits `seconds`, or less if the generation ends meanwhile."""
+        if seconds <= 0 or self._ended.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), seconds)
 
 
 @dataclass(eq=False)

@@ -136,7 +136,9 @@ class ServedModels:
         request = await asyncio.to_thread(
             self._prepare, name, engine, prompt, params, adapter_files, arrival
         )
-        job = GenerationJob(request, asyncio.get_running_loop())
+        job = GenerationJob(
+            request, asyncio.get_running_loop(), self.settings.stream_interval_ms / 1000
+        )
         worker.submit(job)
         return job, served
 
