@@ -102,6 +102,7 @@ def job_config(
     precision: str = "fp32",
     packing: bool = False,
     resume: bool = True,
+    lora_dropout: float = 0.0,
 ) -> WorkerConfig:
     return WorkerConfig(
         job=f"projects/{PROJECT}/trainingJobs/{job}",
@@ -127,7 +128,9 @@ def job_config(
         ),
         lora=None
         if method == "full"
-        else ResolvedLora(rank=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+        else ResolvedLora(
+            rank=8, alpha=16, dropout=lora_dropout, target_modules=["q_proj", "v_proj"]
+        ),
         distribution=Distribution(processes_per_node=processes, zero_stage=zero_stage),
         seed=3,
         output=OutputSpec(model=f"projects/{PROJECT}/models/{job}-out", labels={"t": "1"}),
@@ -358,12 +361,13 @@ def test_resume_after_kill_continues_from_the_checkpoint(
     store: ArtifactStore, tmp_path: Path
 ) -> None:
     # Reference: the same job, never interrupted.
+    # LoRA dropout at the service's default: resuming must also replay the dropout masks.
     total = 12
-    ref_config = job_config("ref", max_steps=total)
+    ref_config = job_config("ref", max_steps=total, lora_dropout=0.05)
     reference = run_worker(store, ref_config, tmp_path / "ref")
     ref_metrics = {m["step"]: m for m in of(reference, "metrics")}
 
-    config = job_config("res", max_steps=total, checkpoint_interval_steps=2)
+    config = job_config("res", max_steps=total, checkpoint_interval_steps=2, lora_dropout=0.05)
     proc = start_worker(store, config, tmp_path / "work")
     assert proc.stdout is not None
     seen = []
@@ -431,6 +435,7 @@ def test_adapter_checkpoint_holds_only_the_adapter_and_resumes_exactly(
         processes=processes,
         max_steps=6,
         checkpoint_interval_steps=2,
+        lora_dropout=0.05,
     ).model_copy(update={"base_model": tied_base})
     first = run_worker(store, config, tmp_path / "first")
     assert [c["step"] for c in of(first, "checkpoint")] == [2, 4, 6]
@@ -463,6 +468,21 @@ def test_adapter_checkpoint_holds_only_the_adapter_and_resumes_exactly(
         assert m["loss"] == pytest.approx(before[m["step"]]["loss"], rel=1e-4, abs=1e-4)
         assert m["learning_rate"] == pytest.approx(before[m["step"]]["learning_rate"], rel=1e-6)
     assert_same_weights(adapter_weights(store, config, tmp_path / "again-out"), first_adapter)
+
+
+def test_lora_layers_train_with_the_cheaper_dropout_on_cpu(
+    store: ArtifactStore, tmp_path: Path
+) -> None:
+    from services.training.worker.lora_dropout import LoraDropout
+    from services.training.worker.model_setup import build_model
+
+    base_dir = download(store, "models/p1/tiny/", tmp_path / "base")
+    for method in ("lora", "dora"):
+        model = build_model(
+            job_config(method=method, lora_dropout=0.05), base_dir, torch.device("cpu")
+        )
+        dropouts = [m for n, m in model.named_modules() if n.endswith("lora_dropout.default")]
+        assert dropouts and all(type(m) is LoraDropout and m.p == 0.05 for m in dropouts)
 
 
 @pytest.mark.slow  # the first run JIT-builds DeepSpeed's cpu_adam (~75 s on 2 cores)
