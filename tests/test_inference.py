@@ -388,6 +388,22 @@ def test_streamed_text_equals_the_unary_text_and_the_last_message_ends_it(
     assert messages[-1].usage == unary.usage
     assert unary.usage.total_tokens == unary.usage.prompt_tokens + unary.usage.completion_tokens
     assert unary.time_to_first_token_seconds > 0 and unary.tokens_per_second > 0
+    assert len(messages) > 10  # a message per token (or a few joined, if the reader lagged)
+
+    # A stream interval longer than the whole generation: the first text comes at once, the
+    # rest joined with the end, which is never held.
+    paced = client.inference.generate(
+        "tiny", PROMPT, adapter="a1", stream=True, stream_interval_ms=10_000, **params
+    )
+    started = time.monotonic()
+    messages = list(paced)
+    assert time.monotonic() - started < 5
+    assert len(messages) <= 2 and messages[-1].finish_reason
+    assert "".join(m.text for m in messages) == unary.text
+    chat = client.inference.chat(
+        "tiny", [{"role": "user", "content": "hi"}], stream=True, stream_interval_ms=10_000
+    )
+    assert len(list(chat)) <= 2 and chat.finish_reason
 
 
 def test_chat_renders_the_template_like_transformers(client: Client, catalog: Catalog) -> None:
@@ -508,6 +524,13 @@ def test_unknown_models_and_bad_parameters(client: Client) -> None:
         client.inference.generate("tiny", PROMPT, top_p=1.5)
     assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert bad.value.metadata["field"] == "parameters.top_p"
+
+    with pytest.raises(TuneforgeError) as bad_interval:
+        list(client.inference.generate("tiny", PROMPT, stream=True, stream_interval_ms=10_001))
+    assert bad_interval.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_interval.value.metadata["field"] == "stream_options.interval_ms"
+    with pytest.raises(ValueError, match="stream=True"):
+        client.inference.generate("tiny", PROMPT, stream_interval_ms=50)  # not a stream
 
     with pytest.raises(TuneforgeError) as too_long:
         client.inference.generate("tiny", "x" * 600)  # the tiny model has 512 positions
@@ -697,6 +720,15 @@ def test_cli_generate_and_serve_list(client: Client, catalog: Catalog, tmp_path:
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == expected.text + "\n"
     assert "completion tokens" in streamed.stderr
+    paced = tf(
+        "generate", "-m", "tiny", "-a", "a1", PROMPT, "--max-tokens", "12",
+        "--temperature", "0", "--stream", "--stream-interval-ms", "5000", "--json",
+    )  # fmt: skip
+    assert paced.returncode == 0, paced.stderr
+    messages = json_documents(paced.stdout)
+    assert len(messages) <= 2 and "".join(m.get("text", "") for m in messages) == expected.text
+    unpaced = tf("generate", "-m", "tiny", PROMPT, "--stream-interval-ms", "50")
+    assert unpaced.returncode == 2 and "needs --stream" in unpaced.stderr
 
     chat = tf(
         "chat", "-m", "tiny", "--max-tokens", "4", "--temperature", "0", "--json",

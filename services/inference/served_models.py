@@ -32,7 +32,7 @@ from services.inference.adapters import (
 from services.inference.engine import GENAI_CONFIG, AdapterFiles, Backend, Engine, encode
 from services.inference.generation import GenerationParams, resolve_sampling
 from services.inference.scheduler import GenerationJob, ModelWorker, PreparedRequest
-from services.inference.settings import InferenceSettings
+from services.inference.settings import MAX_STREAM_INTERVAL_MS, InferenceSettings
 
 log = structlog.get_logger("inference.models")
 
@@ -123,11 +123,14 @@ class ServedModels:
         prompt: Prompt,
         params: GenerationParams,
         arrival: float | None = None,
+        stream_interval_ms: int | None = None,
     ) -> tuple[GenerationJob, ServedModel]:
         """Queues one generation; raises before queueing if anything about it is wrong, or
-        ResourceExhausted if the model's queue is full."""
+        ResourceExhausted if the model's queue is full. `stream_interval_ms` paces the job's
+        events (None: the service's setting)."""
         arrival = time.monotonic() if arrival is None else arrival
         params = params.validated()
+        interval_ms = self._stream_interval_ms(stream_interval_ms)
         name, adapter_name, manifest = await self._resolve(model, adapter)
         served = await self._ready(name, backend, manifest)
         adapter_files = await self._adapter(served, adapter_name) if adapter_name else None
@@ -136,11 +139,20 @@ class ServedModels:
         request = await asyncio.to_thread(
             self._prepare, name, engine, prompt, params, adapter_files, arrival
         )
-        job = GenerationJob(
-            request, asyncio.get_running_loop(), self.settings.stream_interval_ms / 1000
-        )
+        job = GenerationJob(request, asyncio.get_running_loop(), interval_ms / 1000)
         worker.submit(job)
         return job, served
+
+    def _stream_interval_ms(self, requested: int | None) -> float:
+        if requested is None:
+            return self.settings.stream_interval_ms
+        if not 0 <= requested <= MAX_STREAM_INTERVAL_MS:
+            raise InvalidArgument(
+                f"stream_options.interval_ms must be 0 to {MAX_STREAM_INTERVAL_MS} "
+                f"(milliseconds), not {requested}",
+                field="stream_options.interval_ms",
+            )
+        return float(requested)
 
     def _prepare(
         self,

@@ -95,7 +95,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self,
         request: pb.GenerateRequest | pb.ChatRequest,
         prompt: Prompt,
+        stream: bool = False,
     ) -> tuple[GenerationJob, ServedModel]:
+        options = request.stream_options
         return await self.models.submit(
             request.model,
             request.adapter,
@@ -103,6 +105,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             prompt,
             params_from_proto(request.parameters),
             arrival=time.monotonic(),
+            stream_interval_ms=(
+                options.interval_ms if stream and options.HasField("interval_ms") else None
+            ),
         )
 
     @staticmethod
@@ -120,7 +125,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
-        job, _ = await self._submit(request, self._prompt(request))
+        job, _ = await self._submit(request, self._prompt(request), stream=True)
         async for message in _stream(job):
             yield message
 
@@ -135,7 +140,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         prompt = Prompt(messages=messages_from_proto(list(request.messages)))
-        job, _ = await self._submit(request, prompt)
+        job, _ = await self._submit(request, prompt, stream=True)
         async for message in _stream(job):
             yield message
 

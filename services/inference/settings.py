@@ -7,6 +7,9 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The longest stream interval, of the setting and of a request's stream_options.interval_ms.
+MAX_STREAM_INTERVAL_MS = 10_000
+
 
 class InferenceSettings(BaseSettings):
     """Read once in `build_service`; the engine and scheduler receive the values they need."""
@@ -42,5 +45,6 @@ class InferenceSettings(BaseSettings):
     # made sooner is held and sent joined; the first token and the end are never held. Each
     # streamed message costs ~0.3 ms of CPU in the server's gRPC stack and as much in a Python
     # client: beside int4 ONNX decoding at ~8 ms/token on 2 cores, 5-9% of the throughput.
-    # Like vLLM's and SGLang's stream interval, it trades smoothness for throughput.
-    stream_interval_ms: float = Field(default=0.0, ge=0)
+    # Like vLLM's and SGLang's stream interval, it trades smoothness for throughput. A request's
+    # stream_options.interval_ms overrides it for that stream.
+    stream_interval_ms: float = Field(default=0.0, ge=0, le=MAX_STREAM_INTERVAL_MS)

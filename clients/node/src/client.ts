@@ -625,6 +625,17 @@ export interface GenerateOptions {
   timeoutMs?: number;
 }
 
+export interface StreamOptions extends GenerateOptions {
+  /** At least this many ms between messages, text joined (0: every token; unset: the server's). */
+  streamIntervalMs?: number;
+}
+
+function streamOptions(options: StreamOptions) {
+  return options.streamIntervalMs === undefined
+    ? undefined
+    : { intervalMs: options.streamIntervalMs };
+}
+
 /** `client.inference`: completions and chat, whole or streamed, on catalog models. */
 export class Inference {
   constructor(private readonly client: Tuneforge) {}
@@ -665,11 +676,11 @@ export class Inference {
   generateStream(
     model: string,
     prompt: string,
-    options: GenerateOptions = {},
+    options: StreamOptions = {},
   ): AsyncGenerator<GenerateStreamResponse> {
     return stream(
       this.client.stubs.inference.generateStream(
-        { ...this.common(model, options), prompt },
+        { ...this.common(model, options), prompt, streamOptions: streamOptions(options) },
         this.callOptions(options),
       ),
     );
@@ -691,11 +702,15 @@ export class Inference {
   chatStream(
     model: string,
     messages: readonly ChatTurn[],
-    options: GenerateOptions = {},
+    options: StreamOptions = {},
   ): AsyncGenerator<GenerateStreamResponse> {
     return stream(
       this.client.stubs.inference.chatStream(
-        { ...this.common(model, options), messages: messages.map(chatMessage) },
+        {
+          ...this.common(model, options),
+          messages: messages.map(chatMessage),
+          streamOptions: streamOptions(options),
+        },
         this.callOptions(options),
       ),
     );

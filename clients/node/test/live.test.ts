@@ -155,6 +155,19 @@ describe("tuneforge node client (live services)", { skip }, () => {
     assert.ok(last.usage, "the last message carries the usage");
     assert.ok(last.usage.completionTokens > 0 && last.usage.completionTokens <= 8);
     assert.ok(last.usage.promptTokens > 0);
+
+    // A stream interval longer than the generation: the first text, then the rest with the end.
+    const paced: inference.GenerateStreamResponse[] = [];
+    for await (const part of client.inference.generateStream(MODEL, "Item 1: say the word", {
+      maxTokens: 8,
+      temperature: 0,
+      seed: 1,
+      streamIntervalMs: 10_000,
+    })) {
+      paced.push(part);
+    }
+    assert.ok(paced.length <= 2, `messages: ${paced.length}`);
+    assert.equal(paced.map((p) => p.text).join(""), parts.map((p) => p.text).join(""));
   });
 
   it("answers NOT_FOUND with the ErrorInfo reason for a missing model", async () => {

@@ -69,6 +69,15 @@ def generation_parameters(
     return params
 
 
+def stream_options(stream: bool, interval_ms: int | None) -> pb.StreamOptions | None:
+    """The request's stream options; an interval is refused for a call that does not stream."""
+    if interval_ms is None:
+        return None
+    if not stream:
+        raise ValueError("stream_interval_ms paces a stream: pass stream=True with it")
+    return pb.StreamOptions(interval_ms=interval_ms)
+
+
 def chat_messages(messages: Sequence[Message]) -> list[common_pb2.ChatMessage]:
     out = []
     for m in messages:
@@ -144,6 +153,7 @@ class Inference:
         stream: Literal[False] = ...,
         backend: str | None = ...,
         timeout_s: float | None = ...,
+        stream_interval_ms: int | None = ...,
         **params: Any,
     ) -> pb.GenerateResponse: ...
 
@@ -157,6 +167,7 @@ class Inference:
         stream: Literal[True],
         backend: str | None = ...,
         timeout_s: float | None = ...,
+        stream_interval_ms: int | None = ...,
         **params: Any,
     ) -> GenerationStream: ...
 
@@ -169,17 +180,21 @@ class Inference:
         stream: bool = False,
         backend: str | None = None,
         timeout_s: float | None = None,
+        stream_interval_ms: int | None = None,
         **params: Any,
     ) -> pb.GenerateResponse | GenerationStream:
         """Completes `prompt` with `model` (and `adapter`). `params` are those of
         `generation_parameters`: max_tokens, temperature, top_p, top_k, stop, seed,
-        repetition_penalty. With stream=True, returns a GenerationStream."""
+        repetition_penalty. With stream=True, returns a GenerationStream; `stream_interval_ms`
+        then asks for at least that long between its messages (joined text, fewer messages;
+        None: the service's default, 0: a message per token)."""
         request = pb.GenerateRequest(
             model=self._client.model_name(model),
             adapter=self._adapter(adapter),
             prompt=prompt,
             parameters=generation_parameters(**params),
             backend=backend_value(backend),
+            stream_options=stream_options(stream, stream_interval_ms),
         )
         if stream:
             return GenerationStream(
@@ -197,6 +212,7 @@ class Inference:
         stream: Literal[False] = ...,
         backend: str | None = ...,
         timeout_s: float | None = ...,
+        stream_interval_ms: int | None = ...,
         **params: Any,
     ) -> pb.GenerateResponse: ...
 
@@ -210,6 +226,7 @@ class Inference:
         stream: Literal[True],
         backend: str | None = ...,
         timeout_s: float | None = ...,
+        stream_interval_ms: int | None = ...,
         **params: Any,
     ) -> GenerationStream: ...
 
@@ -222,16 +239,19 @@ class Inference:
         stream: bool = False,
         backend: str | None = None,
         timeout_s: float | None = None,
+        stream_interval_ms: int | None = None,
         **params: Any,
     ) -> pb.GenerateResponse | GenerationStream:
         """The assistant's next reply to `messages` ({"role", "content"} mappings or
-        ChatMessage), rendered with the model's chat template."""
+        ChatMessage), rendered with the model's chat template. `stream` and
+        `stream_interval_ms` are those of `generate`."""
         request = pb.ChatRequest(
             model=self._client.model_name(model),
             adapter=self._adapter(adapter),
             messages=chat_messages(messages),
             parameters=generation_parameters(**params),
             backend=backend_value(backend),
+            stream_options=stream_options(stream, stream_interval_ms),
         )
         if stream:
             return GenerationStream(

@@ -39,6 +39,15 @@ StopOpt = Annotated[
     list[str] | None, typer.Option("--stop", help="Stop before this text (repeatable).")
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for reproducible sampling.")]
+IntervalOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--stream-interval-ms",
+        min=0,
+        max=10_000,
+        help="Streams only: at least this long between messages, text joined (0: every token).",
+    ),
+]
 PenaltyOpt = Annotated[
     float | None, typer.Option("--repetition-penalty", help="Above 1 discourages repeats.")
 ]
@@ -111,6 +120,7 @@ def generate(
     stop: StopOpt = None,
     seed: SeedOpt = None,
     repetition_penalty: PenaltyOpt = None,
+    stream_interval_ms: IntervalOpt = None,
     backend: BackendOpt = None,
     target: TargetOpt = None,
     project: ProjectOpt = "default",
@@ -118,11 +128,19 @@ def generate(
 ) -> None:
     """Complete a prompt with a served model (loaded from the catalog on first use)."""
     params = _params(max_tokens, temperature, top_p, top_k, stop, seed, repetition_penalty)
+    if stream_interval_ms is not None and not stream:
+        raise typer.BadParameter("needs --stream", param_hint="--stream-interval-ms")
     with errors_as_exit(as_json), Client(target, project=project) as client:
         if stream:
             _print_stream(
                 client.inference.generate(
-                    model, prompt, adapter=adapter, stream=True, backend=backend, **params
+                    model,
+                    prompt,
+                    adapter=adapter,
+                    stream=True,
+                    stream_interval_ms=stream_interval_ms,
+                    backend=backend,
+                    **params,
                 ),
                 as_json,
             )
@@ -148,6 +166,7 @@ def chat(
     stop: StopOpt = None,
     seed: SeedOpt = None,
     repetition_penalty: PenaltyOpt = None,
+    stream_interval_ms: IntervalOpt = None,
     backend: BackendOpt = None,
     target: TargetOpt = None,
     project: ProjectOpt = "default",
@@ -157,6 +176,11 @@ def chat(
     (one line per turn; /reset forgets it, /exit or end of input leaves), or one reply with
     --message (several --message options make a multi-turn user history)."""
     params = _params(max_tokens, temperature, top_p, top_k, stop, seed, repetition_penalty)
+    if stream_interval_ms is not None and message:
+        raise typer.BadParameter(
+            "paces the interactive chat's streamed replies, not a --message reply",
+            param_hint="--stream-interval-ms",
+        )
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     with errors_as_exit(as_json), Client(target, project=project) as client:
         if message:
@@ -164,6 +188,7 @@ def chat(
             reply = client.inference.chat(model, turns, adapter=adapter, backend=backend, **params)
             _print_reply(reply, as_json)
             return
+        params["stream_interval_ms"] = stream_interval_ms
         _repl(client, model, adapter, backend, history, params, as_json)
 
 

@@ -29,7 +29,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from tuneforge.common.v1 import common_pb2 as tuneforge_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.tuneforge/inference/v1/inference_service.proto\x12\x16tuneforge.inference.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a tuneforge/common/v1/common.proto\"\x86\x03\n\x0bServedModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x07\x62\x61\x63kend\x18\x02 \x01(\x0e\x32\x1f.tuneforge.inference.v1.Backend\x12>\n\x05state\x18\x03 \x01(\x0e\x32).tuneforge.inference.v1.ServedModel.StateB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61\x64\x61pters\x18\x04 \x03(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x33\n\tload_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x61\x63tive_requests\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0fqueued_requests\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\"B\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\t\n\x05READY\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\"\xbe\x01\n\x0fGenerateRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x14\n\x06prompt\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12=\n\nparameters\x18\x04 \x01(\x0b\x32).tuneforge.common.v1.GenerationParameters\x12\x30\n\x07\x62\x61\x63kend\x18\x05 \x01(\x0e\x32\x1f.tuneforge.inference.v1.Backend\"\xde\x01\n\x0b\x43hatRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x38\n\x08messages\x18\x03 \x03(\x0b\x32 .tuneforge.common.v1.ChatMessageB\x04\xe2\x41\x01\x02\x12=\n\nparameters\x18\x04 \x01(\x0b\x32).tuneforge.common.v1.GenerationParameters\x12\x30\n\x07\x62\x61\x63kend\x18\x05 \x01(\x0e\x32\x1f.tuneforge.inference.v1.Backend\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x9d\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12;\n\rfinish_reason\x18\x02 \x01(\x0e\x32$.tuneforge.inference.v1.FinishReason\x12,\n\x05usage\x18\x03 \x01(\x0b\x32\x1d.tuneforge.inference.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x05 \x01(\t\x12\x30\n\x07\x62\x61\x63kend\x18\x06 \x01(\x0e\x32\x1f.tuneforge.inference.v1.Backend\x12#\n\x1btime_to_first_token_seconds\x18\x07 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x08 \x01(\x01\"\x91\x01\n\x16GenerateStreamResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12;\n\rfinish_reason\x18\x02 \x01(\x0e\x32$.tuneforge.inference.v1.FinishReason\x12,\n\x05usage\x18\x03 \x01(\x0b\x32\x1d.tuneforge.inference.v1.Usage\"@\n\x17ListServedModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"o\n\x18ListServedModelsResponse\x12:\n\rserved_models\x18\x01 \x03(\x0b\x32#.tuneforge.inference.v1.ServedModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"k\n\x10LoadModelRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x61\x64\x61pters\x18\x02 \x03(\t\x12\x30\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x1f.tuneforge.inference.v1.Backend\")\n\x12UnloadModelRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02*A\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0b\n\x07PYTORCH\x10\x01\x12\x10\n\x0cONNX_RUNTIME\x10\x02*V\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x08\n\x04STOP\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\x11\n\rSTOP_SEQUENCE\x10\x03\x32\xc0\x05\n\x10InferenceService\x12]\n\x08Generate\x12\'.tuneforge.inference.v1.GenerateRequest\x1a(.tuneforge.inference.v1.GenerateResponse\x12k\n\x0eGenerateStream\x12\'.tuneforge.inference.v1.GenerateRequest\x1a..tuneforge.inference.v1.GenerateStreamResponse0\x01\x12U\n\x04\x43hat\x12#.tuneforge.inference.v1.ChatRequest\x1a(.tuneforge.inference.v1.GenerateResponse\x12\x63\n\nChatStream\x12#.tuneforge.inference.v1.ChatRequest\x1a..tuneforge.inference.v1.GenerateStreamResponse0\x01\x12u\n\x10ListServedModels\x12/.tuneforge.inference.v1.ListServedModelsRequest\x1a\x30.tuneforge.inference.v1.ListServedModelsResponse\x12Z\n\tLoadModel\x12(.tuneforge.inference.v1.LoadModelRequest\x1a#.tuneforge.inference.v1.ServedModel\x12Q\n\x0bUnloadModel\x12*.tuneforge.inference.v1.UnloadModelRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.tuneforge/inference/v1/inference_service.proto\x12\x16tuneforge.inference.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a tuneforge/common/v1/common.proto\"\x86\x03\n\x0bServedModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x07\x62\x61\x63kend\x18\x02 \x01(\x0e\x32\x1f.tuneforge.inference.v1.Backend\x12>\n\x05state\x18\x03 \x01(\x0e\x32).tuneforge.inference.v1.ServedModel.StateB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61\x64\x61pters\x18\x04 \x03(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x33\n\tload_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x61\x63tive_requests\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0fqueued_requests\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\"B\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\t\n\x05READY\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\"\xfd\x01\n\x0fGenerateRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x14\n\x06prompt\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12=\n\nparameters\x18\x04 \x01(\x0b\x32).tuneforge.common.v1.GenerationParameters\x12\x30\n\x07\x62\x61\x63kend\x18\x05 \x01(\x0e\x32\x1f.tuneforge.inference.v1.Backend\x12=\n\x0estream_options\x18\x06 \x01(\x0b\x32%.tuneforge.inference.v1.StreamOptions\"\x9d\x02\n\x0b\x43hatRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x38\n\x08messages\x18\x03 \x03(\x0b\x32 .tuneforge.common.v1.ChatMessageB\x04\xe2\x41\x01\x02\x12=\n\nparameters\x18\x04 \x01(\x0b\x32).tuneforge.common.v1.GenerationParameters\x12\x30\n\x07\x62\x61\x63kend\x18\x05 \x01(\x0e\x32\x1f.tuneforge.inference.v1.Backend\x12=\n\x0estream_options\x18\x06 \x01(\x0b\x32%.tuneforge.inference.v1.StreamOptions\"9\n\rStreamOptions\x12\x18\n\x0binterval_ms\x18\x01 \x01(\rH\x00\x88\x01\x01\x42\x0e\n\x0c_interval_ms\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"\x9d\x02\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12;\n\rfinish_reason\x18\x02 \x01(\x0e\x32$.tuneforge.inference.v1.FinishReason\x12,\n\x05usage\x18\x03 \x01(\x0b\x32\x1d.tuneforge.inference.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x05 \x01(\t\x12\x30\n\x07\x62\x61\x63kend\x18\x06 \x01(\x0e\x32\x1f.tuneforge.inference.v1.Backend\x12#\n\x1btime_to_first_token_seconds\x18\x07 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x08 \x01(\x01\"\x91\x01\n\x16GenerateStreamResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12;\n\rfinish_reason\x18\x02 \x01(\x0e\x32$.tuneforge.inference.v1.FinishReason\x12,\n\x05usage\x18\x03 \x01(\x0b\x32\x1d.tuneforge.inference.v1.Usage\"@\n\x17ListServedModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"o\n\x18ListServedModelsResponse\x12:\n\rserved_models\x18\x01 \x03(\x0b\x32#.tuneforge.inference.v1.ServedModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"k\n\x10LoadModelRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x10\n\x08\x61\x64\x61pters\x18\x02 \x03(\t\x12\x30\n\x07\x62\x61\x63kend\x18\x03 \x01(\x0e\x32\x1f.tuneforge.inference.v1.Backend\")\n\x12UnloadModelRequest\x12\x13\n\x05model\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02*A\n\x07\x42\x61\x63kend\x12\x17\n\x13\x42\x41\x43KEND_UNSPECIFIED\x10\x00\x12\x0b\n\x07PYTORCH\x10\x01\x12\x10\n\x0cONNX_RUNTIME\x10\x02*V\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x08\n\x04STOP\x10\x01\x12\n\n\x06LENGTH\x10\x02\x12\x11\n\rSTOP_SEQUENCE\x10\x03\x32\xc0\x05\n\x10InferenceService\x12]\n\x08Generate\x12\'.tuneforge.inference.v1.GenerateRequest\x1a(.tuneforge.inference.v1.GenerateResponse\x12k\n\x0eGenerateStream\x12\'.tuneforge.inference.v1.GenerateRequest\x1a..tuneforge.inference.v1.GenerateStreamResponse0\x01\x12U\n\x04\x43hat\x12#.tuneforge.inference.v1.ChatRequest\x1a(.tuneforge.inference.v1.GenerateResponse\x12\x63\n\nChatStream\x12#.tuneforge.inference.v1.ChatRequest\x1a..tuneforge.inference.v1.GenerateStreamResponse0\x01\x12u\n\x10ListServedModels\x12/.tuneforge.inference.v1.ListServedModelsRequest\x1a\x30.tuneforge.inference.v1.ListServedModelsResponse\x12Z\n\tLoadModel\x12(.tuneforge.inference.v1.LoadModelRequest\x1a#.tuneforge.inference.v1.ServedModel\x12Q\n\x0bUnloadModel\x12*.tuneforge.inference.v1.UnloadModelRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,32 +60,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADMODELREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
   _globals['_UNLOADMODELREQUEST'].fields_by_name['model']._loaded_options = None
   _globals['_UNLOADMODELREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
-  _globals['_BACKEND']._serialized_start=1887
-  _globals['_BACKEND']._serialized_end=1952
-  _globals['_FINISHREASON']._serialized_start=1954
-  _globals['_FINISHREASON']._serialized_end=2040
+  _globals['_BACKEND']._serialized_start=2072
+  _globals['_BACKEND']._serialized_end=2137
+  _globals['_FINISHREASON']._serialized_start=2139
+  _globals['_FINISHREASON']._serialized_end=2225
   _globals['_SERVEDMODEL']._serialized_start=229
   _globals['_SERVEDMODEL']._serialized_end=619
   _globals['_SERVEDMODEL_STATE']._serialized_start=553
   _globals['_SERVEDMODEL_STATE']._serialized_end=619
   _globals['_GENERATEREQUEST']._serialized_start=622
-  _globals['_GENERATEREQUEST']._serialized_end=812
-  _globals['_CHATREQUEST']._serialized_start=815
-  _globals['_CHATREQUEST']._serialized_end=1037
-  _globals['_USAGE']._serialized_start=1039
-  _globals['_USAGE']._serialized_end=1118
-  _globals['_GENERATERESPONSE']._serialized_start=1121
-  _globals['_GENERATERESPONSE']._serialized_end=1406
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1409
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1554
-  _globals['_LISTSERVEDMODELSREQUEST']._serialized_start=1556
-  _globals['_LISTSERVEDMODELSREQUEST']._serialized_end=1620
-  _globals['_LISTSERVEDMODELSRESPONSE']._serialized_start=1622
-  _globals['_LISTSERVEDMODELSRESPONSE']._serialized_end=1733
-  _globals['_LOADMODELREQUEST']._serialized_start=1735
-  _globals['_LOADMODELREQUEST']._serialized_end=1842
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1844
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1885
-  _globals['_INFERENCESERVICE']._serialized_start=2043
-  _globals['_INFERENCESERVICE']._serialized_end=2747
+  _globals['_GENERATEREQUEST']._serialized_end=875
+  _globals['_CHATREQUEST']._serialized_start=878
+  _globals['_CHATREQUEST']._serialized_end=1163
+  _globals['_STREAMOPTIONS']._serialized_start=1165
+  _globals['_STREAMOPTIONS']._serialized_end=1222
+  _globals['_USAGE']._serialized_start=1224
+  _globals['_USAGE']._serialized_end=1303
+  _globals['_GENERATERESPONSE']._serialized_start=1306
+  _globals['_GENERATERESPONSE']._serialized_end=1591
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1594
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1739
+  _globals['_LISTSERVEDMODELSREQUEST']._serialized_start=1741
+  _globals['_LISTSERVEDMODELSREQUEST']._serialized_end=1805
+  _globals['_LISTSERVEDMODELSRESPONSE']._serialized_start=1807
+  _globals['_LISTSERVEDMODELSRESPONSE']._serialized_end=1918
+  _globals['_LOADMODELREQUEST']._serialized_start=1920
+  _globals['_LOADMODELREQUEST']._serialized_end=2027
+  _globals['_UNLOADMODELREQUEST']._serialized_start=2029
+  _globals['_UNLOADMODELREQUEST']._serialized_end=2070
+  _globals['_INFERENCESERVICE']._serialized_start=2228
+  _globals['_INFERENCESERVICE']._serialized_end=2932
 # @@protoc_insertion_point(module_scope)
