@@ -53,13 +53,14 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 # The shared harness (bench/harness.py): this script runs as a file, not as a package module.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
+from bare_grpc import Floor, measure_floor
 from harness import LoadSampler, object_store
 
 MODEL_ID = "smollm2"
@@ -532,6 +533,49 @@ def bench_adapters(
 # --- output ---------------------------------------------------------------------------------
 
 
+def bench_floor(
+    grpc_rows: list[Series], max_active: int, args: argparse.Namespace
+) -> dict[str, Floor]:
+    """Bare gRPC (bare_grpc.py) paced like each gRPC row of the ONNX model, or of PyTorch
+    without it: as many streams as were active at once, a message every gap p50 of that row."""
+    if args.no_floor:
+        return {}
+    backend = "onnx" if "onnx" in args.backends else "pytorch"
+    floors = {}
+    for r in grpc_rows:
+        if r.mode == "grpc" and r.backend == backend:
+            active = min(r.streams, max_active)
+            gap_s = r.stats()["gap_ms_p50"] / 1000
+            specs = specs_for(MODEL_ID, [""], active, 0)
+            floors[r.name] = measure_floor(ClientProcess, specs, args.max_tokens, gap_s)
+    return floors
+
+
+def report_floor(grpc_rows: list[Series], floors: dict[str, Floor]) -> None:
+    if not floors:
+        return
+    by = {r.name: r for r in grpc_rows}
+    cpus = os.cpu_count() or 1
+    print()
+    print(
+        "4. the floor: a bare gRPC servicer (no model, no tuneforge code) streaming to the same "
+        "client, paced like each row above (active streams, a message every gap p50); CPU per "
+        f"message, and its share of the {cpus} CPUs at that row's message rate, against the "
+        "cost measured in 1 (1 - ratio)"
+    )
+    for name, floor in floors.items():
+        row = by[name]
+        base = by[name.replace(" grpc", " in-process")]
+        rate = sum(len(t.marks) for t in row.timelines) / row.wall_s
+        cost = 1 - row.tokens_per_s / base.tokens_per_s
+        print(
+            f"  {name:18} {floor.streams:>2} x every {floor.gap_ms:5.1f} ms: server "
+            f"{floor.server_us:4.0f} + client {floor.client_us:4.0f} us/message; {rate:5.1f} "
+            f"messages/s -> {floor.share_of_cpus(rate, cpus):5.1%} of the CPUs; measured cost "
+            f"{cost:5.1%}"
+        )
+
+
 def print_table(rows: list[Series], ratio_of: dict[str, str], title: str) -> None:
     print()
     print(title)
@@ -663,6 +707,9 @@ def main() -> None:
         help="TUNEFORGE_INFERENCE_STREAM_INTERVAL_MS (default: as set, else 0: every token)",
     )
     parser.add_argument(
+        "--no-floor", action="store_true", help="skip the bare gRPC floor (section 4)"
+    )
+    parser.add_argument(
         "--onnx-dir", type=Path, default=None, help="int4 export to reuse (built there if absent)"
     )
     parser.add_argument("--tmp", type=Path, default=None, help="parent of the temp directory")
@@ -735,6 +782,7 @@ def main() -> None:
                     remote.close()
             finally:
                 service.stop()
+            floors = bench_floor(grpc_rows, inference.max_active_requests, args)
         print(
             f"\n{os.cpu_count()} CPUs; {args.max_tokens} max tokens per reply, greedy; "
             f"torch threads {worker_torch_threads()}; max_active_requests "
@@ -742,6 +790,7 @@ def main() -> None:
             f"{inference.stream_interval_ms:g} ms"
         )
         goals = report(grpc_rows, adapter_rows, args)
+        report_floor(grpc_rows, floors)
         contended = [k for k, v in grpc_loads.items() if v["contended"]]
         if contended or adapter_load["contended"]:
             print(
@@ -761,6 +810,7 @@ def main() -> None:
                         "adapters": {r.name: r.stats() for r in adapter_rows},
                         "adapters_load": adapter_load,
                         "goals": goals,
+                        "floor": {k: asdict(v) for k, v in floors.items()},
                     },
                     indent=2,
                 )
