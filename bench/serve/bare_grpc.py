@@ -1,13 +1,14 @@
 """The CPU that gRPC alone takes per streamed message on this machine, with no model and no service.
 
-A bare `grpc.aio` InferenceService (the same protos, one ChatStream handler that only sends) streams
-to the same SDK client process the serving benchmark uses, paced like a model: `streams` streams
-at once, all of them given a message at each tick, `gap_s` apart, as the scheduler's rounds give
-each active request a token. What the server's process spends beyond pacing alone (the same
-tasks woken by the same ticks, without gRPC), and what the client's process spends, divided by
-the messages, is the floor of what gRPC can cost a stream per message here: the service cannot
-stream a token for less. Multiplied by the service's message rate, it says how much of the
-machine's CPU per-token streaming needs before anything of tuneforge's own.
+A bare `grpc.aio` InferenceService (the same protos, one ChatStream handler that only sends)
+streams to the same SDK client process the serving benchmark uses, paced like the service:
+`streams` streams at once, each given a message `gap_s` apart, one stream after the other, as
+the scheduler's rounds decode a token of each active request in turn. What the server's process
+spends beyond pacing alone (the same tasks woken by the same ticks, without gRPC), and what the
+client's process spends, divided by the messages, is the floor of what gRPC can cost a stream
+per message here: the service cannot stream a token for less. Multiplied by the service's
+message rate, it says how much of the machine's CPU per-token streaming needs before anything
+of tuneforge's own.
 """
 
 from __future__ import annotations
@@ -47,30 +48,33 @@ class Floor:
 
 
 class _Ticks:
-    """Every `gap_s`, wakes all the streams of a round at once, `count` times."""
+    """Wakes the streams of a round one at a time in turn, a tick every `gap_s / streams`, so that
+    each stream gets `count` messages `gap_s` apart: the scheduler's rounds, which decode one
+    token of each active request after the other."""
 
     def __init__(self, streams: int, count: int, gap_s: float) -> None:
         self.streams, self.count, self.gap_s = streams, count, gap_s
         self._joined = 0
         self._all_in = asyncio.Event()
-        self._tick = asyncio.Event()
+        self._turns = [asyncio.Semaphore(0) for _ in range(streams)]
 
-    async def join(self) -> None:
-        """Waits until every stream of the round has joined, then the first tick."""
+    async def join(self) -> int:
+        """Waits until every stream of the round has joined; returns this stream's turn."""
+        turn = self._joined
         self._joined += 1
         if self._joined == self.streams:
             self._all_in.set()
             asyncio.get_running_loop().create_task(self._run())
         await self._all_in.wait()
+        return turn
 
     async def _run(self) -> None:
-        for _ in range(self.count):
-            await asyncio.sleep(self.gap_s)
-            tick, self._tick = self._tick, asyncio.Event()
-            tick.set()
+        for tick in range(self.count * self.streams):
+            await asyncio.sleep(self.gap_s / self.streams)
+            self._turns[tick % self.streams].release()
 
-    async def next(self) -> None:
-        await self._tick.wait()
+    async def next(self, turn: int) -> None:
+        await self._turns[turn].acquire()
 
 
 class _PacedServicer(pb_grpc.InferenceServiceServicer):
@@ -85,11 +89,11 @@ class _PacedServicer(pb_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         ticks = self.ticks
         assert ticks is not None
-        await ticks.join()
+        turn = await ticks.join()
         for _ in range(self.tokens - 1):
-            await ticks.next()
+            await ticks.next(turn)
             yield pb.GenerateStreamResponse(text=" word")
-        await ticks.next()
+        await ticks.next(turn)
         yield pb.GenerateStreamResponse(
             text=" word",
             finish_reason=pb.LENGTH,
@@ -150,9 +154,9 @@ def measure_floor(
             ticks = _Ticks(streams, tokens, gap_s)
 
             async def stream() -> None:
-                await ticks.join()
+                turn = await ticks.join()
                 for _ in range(tokens):
-                    await ticks.next()
+                    await ticks.next(turn)
 
             await asyncio.gather(*(stream() for _ in range(streams)))
 

@@ -559,9 +559,9 @@ def report_floor(grpc_rows: list[Series], floors: dict[str, Floor]) -> None:
     print()
     print(
         "4. the floor: a bare gRPC servicer (no model, no tuneforge code) streaming to the same "
-        "client, paced like each row above (active streams, a message every gap p50); CPU per "
-        f"message, and its share of the {cpus} CPUs at that row's message rate, against the "
-        "cost measured in 1 (1 - ratio)"
+        "client, paced like each row above (the active streams in turn, each a message every gap "
+        f"p50); CPU per message, and its share of the {cpus} CPUs at that row's message rate, "
+        "against the cost measured in 1 (1 - ratio)"
     )
     for name, floor in floors.items():
         row = by[name]
