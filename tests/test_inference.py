@@ -566,6 +566,23 @@ def test_a_model_that_cannot_load_is_failed_with_its_reason(
     client.inference.unload("broken")
 
 
+def test_the_service_stream_interval_and_a_request_that_overrides_it(
+    narrow: Callable[..., Any],
+) -> None:
+    params: dict[str, Any] = {"max_tokens": 40, "temperature": 0}
+    with narrow(stream_interval_ms=10_000) as c:
+        paced = list(c.inference.generate("tiny", PROMPT, adapter="a1", stream=True, **params))
+        assert len(paced) <= 2 and paced[-1].finish_reason  # the setting holds the text
+        # A request's 0 (set, not unset) is a message per token despite the setting.
+        every = list(
+            c.inference.generate(
+                "tiny", PROMPT, adapter="a1", stream=True, stream_interval_ms=0, **params
+            )
+        )
+        assert len(every) > 10
+        assert "".join(m.text for m in every) == "".join(m.text for m in paced)
+
+
 # --- limits: queue, cancellation, deadlines, adapter cache -----------------------------------
 
 
@@ -739,6 +756,12 @@ def test_cli_generate_and_serve_list(client: Client, catalog: Catalog, tmp_path:
     assert len(lasts) == 2  # one reply per line of input
     # The second turn is sent with the first one and its reply: the conversation is kept.
     assert lasts[1]["usage"]["prompt_tokens"] > lasts[0]["usage"]["prompt_tokens"]
+    paced_chat = tf(
+        "chat", "-m", "tiny", "--max-tokens", "12", "--temperature", "0", "--json",
+        "--stream-interval-ms", "10000", stdin="hello\n/exit\n",
+    )  # fmt: skip
+    assert paced_chat.returncode == 0, paced_chat.stderr
+    assert len(json_documents(paced_chat.stdout)) <= 2  # the reply's first text, then the rest
 
     listed = json.loads(tf("serve", "list", "--json").stdout)
     assert full("tiny") in [m["model"] for m in listed["served_models"]]

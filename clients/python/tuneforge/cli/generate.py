@@ -188,8 +188,7 @@ def chat(
             reply = client.inference.chat(model, turns, adapter=adapter, backend=backend, **params)
             _print_reply(reply, as_json)
             return
-        params["stream_interval_ms"] = stream_interval_ms
-        _repl(client, model, adapter, backend, history, params, as_json)
+        _repl(client, model, adapter, backend, history, params, stream_interval_ms, as_json)
 
 
 def _repl(
@@ -199,6 +198,7 @@ def _repl(
     backend: str | None,
     history: list[dict[str, str]],
     params: dict[str, Any],
+    stream_interval_ms: int | None,
     as_json: bool,
 ) -> None:
     """Reads user turns from stdin and streams each reply; the conversation grows turn by turn.
@@ -229,7 +229,13 @@ def _repl(
             continue
         history.append({"role": "user", "content": text})
         stream = client.inference.chat(
-            model, history, adapter=adapter, stream=True, backend=backend, **params
+            model,
+            history,
+            adapter=adapter,
+            stream=True,
+            stream_interval_ms=stream_interval_ms,
+            backend=backend,
+            **params,
         )
         try:
             reply = _print_stream(stream, as_json)
